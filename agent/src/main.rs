@@ -1,0 +1,42 @@
+//! The agent's entry point: PID 1 of the guest.
+
+use moat_agent::config::AgentConfig;
+use moat_agent::{info, init, log, reaper::Reaper, server, warn};
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("moat-agent: must run as PID 1 inside a moat guest (it mounts and powers off the machine)");
+        std::process::exit(2);
+    }
+    // A panic in any thread must end the VM with a reason, not leave a guest without its agent.
+    std::panic::set_hook(Box::new(|p| init::fatal(&format!("panic: {p}"))));
+
+    if let Err(e) = init::mount_base() {
+        init::fatal(&e.to_string());
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cfg = AgentConfig::from_cmdline(&cmdline);
+    log::set_level(cfg.log_level);
+    for word in &cfg.unknown {
+        warn!("ignoring unknown or invalid kernel parameter {word}");
+    }
+    let controllers =
+        init::enable_cgroup_controllers().unwrap_or_else(|e| init::fatal(&e.to_string()));
+    let _reaper =
+        Reaper::start().unwrap_or_else(|e| init::fatal(&format!("starting the reaper: {e}")));
+    let listener =
+        server::listen_vsock(cfg.control_port).unwrap_or_else(|e| init::fatal(&e.to_string()));
+
+    log::announce(format_args!(
+        "ready version={} protocol={} port={} cgroup2=[{}]",
+        env!("CARGO_PKG_VERSION"),
+        moat_protocol::PROTOCOL_VERSION,
+        cfg.control_port,
+        controllers
+    ));
+    if cfg.poweroff_after_ready {
+        info!("moat.poweroff_after_ready is set; powering off");
+        init::power_off();
+    }
+    server::serve(listener)
+}

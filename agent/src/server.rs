@@ -1,0 +1,264 @@
+//! The control server: vsock port 1024 (or `moat.port`), one thread per connection, one
+//! request at a time per connection, answered in order.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use moat_protocol::{
+    read_frame, write_frame, ErrorKind, ErrorReply, FrameError, Request, RequestEnvelope, Response,
+    ResponseEnvelope, PROTOCOL_VERSION,
+};
+use nix::sys::socket::{
+    accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+};
+
+/// What the server loop can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listening socket could not be set up.
+    #[error("listening on vsock port {port}: {source}")]
+    Listen {
+        /// The port.
+        port: u32,
+        /// The errno.
+        source: nix::Error,
+    },
+}
+
+/// What the connection handler wants the agent to do after replying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Keep serving.
+    Continue,
+    /// Close this connection.
+    Close,
+    /// End the VM.
+    PowerOff,
+}
+
+/// Binds and listens on `port` on any CID.
+pub fn listen_vsock(port: u32) -> Result<OwnedFd, ServerError> {
+    let err = |source| ServerError::Listen { port, source };
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(err)?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port)).map_err(err)?;
+    listen(&fd, Backlog::new(64).unwrap_or(Backlog::MAXCONN)).map_err(err)?;
+    Ok(fd)
+}
+
+/// Accepts connections forever, serving each on its own thread.
+pub fn serve(listener: OwnedFd) -> ! {
+    loop {
+        match accept(&listener) {
+            Ok(conn) => {
+                let spawned = std::thread::Builder::new()
+                    .name("conn".into())
+                    .spawn(move || {
+                        let mut stream = std::fs::File::from(conn);
+                        if handle_connection(&mut stream) == After::PowerOff {
+                            crate::info!("shutdown requested; powering off");
+                            crate::init::power_off();
+                        }
+                    });
+                if let Err(e) = spawned {
+                    crate::error!("cannot start a connection thread: {e}");
+                }
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => {
+                crate::error!("accept on the control socket: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it, sends garbage, or asks to shut down.
+pub fn handle_connection<S: Read + Write>(stream: &mut S) -> After {
+    let mut greeted = false;
+    loop {
+        let env: RequestEnvelope = match read_frame(stream) {
+            Ok(env) => env,
+            Err(FrameError::Closed) => return After::Close,
+            Err(e) => {
+                // The framing is lost: say why (best effort) and drop the connection.
+                crate::warn!("dropping control connection: {e}");
+                let reply = ResponseEnvelope {
+                    id: 0,
+                    response: Response::Error(ErrorReply::new(
+                        ErrorKind::InvalidArgument,
+                        format!("bad frame: {e}"),
+                    )),
+                };
+                let _ = write_frame(stream, &reply);
+                return After::Close;
+            }
+        };
+        crate::debug!("request {}: {:?}", env.id, env.request);
+        let (response, after) = dispatch(env.request, &mut greeted);
+        let reply = ResponseEnvelope {
+            id: env.id,
+            response,
+        };
+        if let Err(e) = write_frame(stream, &reply) {
+            crate::warn!("writing a reply: {e}");
+            return After::Close;
+        }
+        if after != After::Continue {
+            return after;
+        }
+    }
+}
+
+/// Answers one request. `Hello` must come first on every connection.
+fn dispatch(request: Request, greeted: &mut bool) -> (Response, After) {
+    match request {
+        Request::Hello { version } if version == PROTOCOL_VERSION => {
+            *greeted = true;
+            (
+                Response::Hello {
+                    version: PROTOCOL_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+                After::Continue,
+            )
+        }
+        Request::Hello { version } => (
+            Response::Error(ErrorReply::new(
+                ErrorKind::VersionMismatch,
+                format!("host speaks protocol {version}, agent speaks {PROTOCOL_VERSION}"),
+            )),
+            After::Close,
+        ),
+        _ if !*greeted => (
+            Response::Error(ErrorReply::new(
+                ErrorKind::FailedPrecondition,
+                "the first request on a connection must be Hello",
+            )),
+            After::Close,
+        ),
+        Request::Shutdown => (Response::Ok, After::PowerOff),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moat_protocol::encode_frame;
+    use std::io::Cursor;
+
+    /// A duplex stream over byte buffers: reads from `input`, writes to `output`.
+    struct Duplex {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Duplex {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Duplex {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn run(reqs: &[Request]) -> (After, Vec<ResponseEnvelope>) {
+        let mut input = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            input.extend(
+                encode_frame(&RequestEnvelope {
+                    id: i as u64 + 1,
+                    request: r.clone(),
+                })
+                .unwrap(),
+            );
+        }
+        run_bytes(input)
+    }
+
+    fn run_bytes(input: Vec<u8>) -> (After, Vec<ResponseEnvelope>) {
+        let mut d = Duplex {
+            input: Cursor::new(input),
+            output: Vec::new(),
+        };
+        let after = handle_connection(&mut d);
+        let mut out = d.output.as_slice();
+        let mut replies = Vec::new();
+        while !out.is_empty() {
+            replies.push(read_frame(&mut out).unwrap());
+        }
+        (after, replies)
+    }
+
+    #[test]
+    fn hello_then_shutdown() {
+        let (after, replies) = run(&[
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            Request::Shutdown,
+        ]);
+        assert_eq!(after, After::PowerOff);
+        assert_eq!(replies.len(), 2);
+        assert!(
+            matches!(&replies[0].response, Response::Hello { version, .. } if *version == PROTOCOL_VERSION)
+        );
+        assert_eq!(replies[0].id, 1);
+        assert_eq!(
+            replies[1],
+            ResponseEnvelope {
+                id: 2,
+                response: Response::Ok
+            }
+        );
+    }
+
+    #[test]
+    fn version_mismatch_is_an_error_and_closes() {
+        let (after, replies) = run(&[Request::Hello { version: 999 }, Request::Shutdown]);
+        assert_eq!(after, After::Close);
+        assert_eq!(replies.len(), 1);
+        assert!(
+            matches!(&replies[0].response, Response::Error(e) if e.kind == ErrorKind::VersionMismatch)
+        );
+    }
+
+    #[test]
+    fn requests_before_hello_are_refused() {
+        let (after, replies) = run(&[Request::Shutdown]);
+        assert_eq!(after, After::Close);
+        assert!(
+            matches!(&replies[0].response, Response::Error(e) if e.kind == ErrorKind::FailedPrecondition)
+        );
+    }
+
+    #[test]
+    fn garbage_closes_the_connection_with_an_error() {
+        let mut input = 5u32.to_be_bytes().to_vec();
+        input.extend_from_slice(b"{{{{{");
+        let (after, replies) = run_bytes(input);
+        assert_eq!(after, After::Close);
+        assert!(
+            matches!(&replies[0].response, Response::Error(e) if e.kind == ErrorKind::InvalidArgument)
+        );
+        let (after, _) = run_bytes(u32::MAX.to_be_bytes().to_vec());
+        assert_eq!(after, After::Close);
+    }
+
+    #[test]
+    fn clean_close_is_not_an_error() {
+        let (after, replies) = run(&[]);
+        assert_eq!(after, After::Close);
+        assert!(replies.is_empty());
+    }
+}

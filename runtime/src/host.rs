@@ -1,0 +1,87 @@
+//! What the host offers a VMM: hardware KVM, PVM-only KVM, or none.
+//!
+//! On the machines this project is developed on, `/dev/kvm` is backed by the PVM module,
+//! which cannot run an ordinary guest kernel's user space (HOST-KVM.md). moat detects that
+//! and uses QEMU with TCG instead of letting a user wait for a boot that cannot finish.
+
+use std::path::Path;
+
+/// What `/dev/kvm` is on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmKind {
+    /// Backed by `kvm_intel` or `kvm_amd`: hardware virtualization.
+    Hardware,
+    /// Backed by `kvm_pvm` with no vmx/svm: only PVM-enlightened guests run natively.
+    PvmOnly,
+    /// `/dev/kvm` exists but no known backend is loaded.
+    Unknown,
+    /// No `/dev/kvm`.
+    Absent,
+}
+
+impl KvmKind {
+    /// A short description for `moat check`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            KvmKind::Hardware => "hardware KVM (kvm_intel/kvm_amd)",
+            KvmKind::PvmOnly => {
+                "PVM-only KVM (kvm_pvm, no vmx/svm): an ordinary guest cannot run user space"
+            }
+            KvmKind::Unknown => "/dev/kvm present, backend unknown",
+            KvmKind::Absent => "no /dev/kvm",
+        }
+    }
+}
+
+/// Detects the KVM kind from the real host.
+pub fn detect_kvm() -> KvmKind {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    classify_kvm(
+        Path::new("/dev/kvm").exists(),
+        |m| Path::new("/sys/module").join(m).exists(),
+        &cpuinfo,
+    )
+}
+
+/// The decision, separated from the file system so that it can be tested.
+pub fn classify_kvm(dev_kvm: bool, module_loaded: impl Fn(&str) -> bool, cpuinfo: &str) -> KvmKind {
+    if !dev_kvm {
+        return KvmKind::Absent;
+    }
+    let hw_flags = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_ascii_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if (module_loaded("kvm_intel") || module_loaded("kvm_amd")) && hw_flags {
+        KvmKind::Hardware
+    } else if module_loaded("kvm_pvm") {
+        KvmKind::PvmOnly
+    } else {
+        KvmKind::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_three_hosts() {
+        let vmx = "flags\t: fpu vme vmx sse\n";
+        let plain = "flags\t: fpu vme hypervisor sse\n";
+        assert_eq!(classify_kvm(false, |_| true, vmx), KvmKind::Absent);
+        assert_eq!(
+            classify_kvm(true, |m| m == "kvm_intel", vmx),
+            KvmKind::Hardware
+        );
+        assert_eq!(
+            classify_kvm(true, |m| m == "kvm_pvm", plain),
+            KvmKind::PvmOnly
+        );
+        assert_eq!(
+            classify_kvm(true, |m| m == "kvm_intel", plain),
+            KvmKind::Unknown
+        );
+        assert_eq!(classify_kvm(true, |_| false, vmx), KvmKind::Unknown);
+    }
+}

@@ -1,0 +1,12 @@
+//! The moat runtime: everything on the host side of a moat sandbox.
+//!
+//! - [`host`]: what the host's KVM can do, and so which backend to use.
+//! - [`paths`]: where the guest kernel, initramfs and helpers are.
+//! - [`initramfs`]: the guest image builder.
+//! - [`qemu`]: the QEMU backend.
+
+pub mod boot;
+pub mod host;
+pub mod initramfs;
+pub mod paths;
+pub mod qemu;

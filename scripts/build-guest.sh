@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the guest (kernel, static agent, initramfs) and installs moat and the guest where
+# the defaults look for them:
+#   /usr/local/bin/moat
+#   /usr/local/share/moat/vmlinux, /usr/local/share/moat/initramfs.cpio
+# Idempotent: the kernel is cached by a hash of its inputs (guest-kernel/build.sh), cargo
+# builds are incremental, and files are replaced only when their content changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+share=${MOAT_SHARE_DIR:-/usr/local/share/moat}
+bindir=${MOAT_BIN_DIR:-/usr/local/bin}
+mkdir -p "$share" "$bindir"
+
+install_if_changed() { # src dst mode
+  if ! cmp -s "$1" "$2"; then install -m "$3" "$1" "$2.new" && mv -f "$2.new" "$2"; fi
+}
+
+echo "build-guest: guest kernel" >&2
+vmlinux=$(bash guest-kernel/build.sh | tail -n 1)
+install_if_changed "$vmlinux" "$share/vmlinux" 0644
+install_if_changed "$(dirname "$vmlinux")/config" "$share/vmlinux.config" 0644
+
+echo "build-guest: moat and the static agent" >&2
+cargo build --quiet --release -p moat-agent --target x86_64-unknown-linux-musl
+cargo build --quiet --release -p moat
+install_if_changed target/release/moat "$bindir/moat" 0755
+
+target/release/moat initramfs --agent target/x86_64-unknown-linux-musl/release/moat-agent \
+  --output target/initramfs.cpio >/dev/null
+install_if_changed target/initramfs.cpio "$share/initramfs.cpio" 0644
+
+echo "build-guest: installed $bindir/moat, $share/vmlinux ($(stat -c %s "$share/vmlinux") bytes), $share/initramfs.cpio ($(stat -c %s "$share/initramfs.cpio") bytes)" >&2

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what moat's builds and tests need on a Debian 12 host, idempotently.
+# Re-running it is a no-op (a few seconds) once everything is present.
+set -euo pipefail
+
+need_pkgs=(
+  qemu-system-x86      # the qemu backend (TCG here, KVM on hardware hosts)
+  linux-source-6.12    # the guest kernel source
+  busybox-static       # test rootfs
+  build-essential bc flex bison libelf-dev libssl-dev xz-utils  # kernel build
+)
+
+missing=()
+for p in "${need_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup-host: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl; then
+  echo "setup-host: adding the musl target"
+  rustup target add x86_64-unknown-linux-musl
+fi
