@@ -8,6 +8,7 @@
 //! | `moat.log=error\|warn\|info\|debug\|trace` | log level on the console | `info` |
 //! | `moat.port=N` | vsock port of the control server | 1024 |
 //! | `moat.poweroff_after_ready=1` | power off right after the ready line (boot tests without a vsock device) | off |
+//! | `moat.test_port=N` | serve the test services (echo, sink, connect-out) on vsock port N | off |
 
 use moat_protocol::CONTROL_PORT;
 
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub control_port: u32,
     /// Power off as soon as the agent is ready.
     pub poweroff_after_ready: bool,
+    /// Port of the test services, when enabled.
+    pub test_port: Option<u32>,
     /// `moat.` parameters that were present but not understood, reported as warnings.
     pub unknown: Vec<String>,
 }
@@ -45,6 +48,7 @@ impl Default for AgentConfig {
             log_level: LogLevel::Info,
             control_port: CONTROL_PORT,
             poweroff_after_ready: false,
+            test_port: None,
             unknown: Vec::new(),
         }
     }
@@ -62,12 +66,8 @@ impl AgentConfig {
             let (key, value) = rest.split_once('=').unwrap_or((rest, "1"));
             let ok = match key {
                 "log" => parse_level(value).map(|l| cfg.log_level = l).is_some(),
-                "port" => value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|p| *p != 0 && *p != u32::MAX)
-                    .map(|p| cfg.control_port = p)
-                    .is_some(),
+                "port" => parse_port(value).map(|p| cfg.control_port = p).is_some(),
+                "test_port" => parse_port(value).map(|p| cfg.test_port = Some(p)).is_some(),
                 "poweroff_after_ready" => parse_bool(value)
                     .map(|b| cfg.poweroff_after_ready = b)
                     .is_some(),
@@ -92,6 +92,10 @@ fn parse_level(v: &str) -> Option<LogLevel> {
     })
 }
 
+fn parse_port(v: &str) -> Option<u32> {
+    v.parse::<u32>().ok().filter(|p| *p != 0 && *p != u32::MAX)
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v {
         "1" | "y" | "yes" | "on" | "true" => Some(true),
@@ -113,11 +117,12 @@ mod tests {
     #[test]
     fn reads_every_setting() {
         let cfg = AgentConfig::from_cmdline(
-            "quiet moat.log=debug moat.port=2000 moat.poweroff_after_ready",
+            "quiet moat.log=debug moat.port=2000 moat.poweroff_after_ready moat.test_port=5000",
         );
         assert_eq!(cfg.log_level, LogLevel::Debug);
         assert_eq!(cfg.control_port, 2000);
         assert!(cfg.poweroff_after_ready);
+        assert_eq!(cfg.test_port, Some(5000));
         assert!(cfg.unknown.is_empty());
     }
 

@@ -10,3 +10,4 @@ pub mod init;
 pub mod log;
 pub mod reaper;
 pub mod server;
+pub mod testsvc;

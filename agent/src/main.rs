@@ -1,7 +1,7 @@
 //! The agent's entry point: PID 1 of the guest.
 
 use moat_agent::config::AgentConfig;
-use moat_agent::{info, init, log, reaper::Reaper, server, warn};
+use moat_agent::{info, init, log, reaper::Reaper, server, testsvc, warn};
 
 fn main() {
     if std::process::id() != 1 {
@@ -27,6 +27,10 @@ fn main() {
     let listener =
         server::listen_vsock(cfg.control_port).unwrap_or_else(|e| init::fatal(&e.to_string()));
 
+    if let Some(port) = cfg.test_port {
+        testsvc::start(port).unwrap_or_else(|e| init::fatal(&e.to_string()));
+        warn!("test services enabled on vsock port {port} (moat.test_port)");
+    }
     log::announce(format_args!(
         "ready version={} protocol={} port={} cgroup2=[{}]",
         env!("CARGO_PKG_VERSION"),
