@@ -143,7 +143,26 @@ fn dispatch(request: Request, greeted: &mut bool) -> (Response, After) {
             After::Close,
         ),
         Request::Shutdown => (Response::Ok, After::PowerOff),
+        other => (
+            Response::Error(ErrorReply::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "request {} is not supported by this agent",
+                    request_name(&other)
+                ),
+            )),
+            After::Continue,
+        ),
     }
+}
+
+/// The variant name of a request, for messages.
+fn request_name(r: &Request) -> String {
+    let dbg = format!("{r:?}");
+    dbg.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("?")
+        .to_string()
 }
 
 #[cfg(test)]

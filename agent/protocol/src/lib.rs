@@ -17,9 +17,11 @@
 //! assert_eq!(back, req);
 //! ```
 
+pub mod container;
 mod frame;
 mod messages;
 
+pub use container::*;
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use messages::*;
 

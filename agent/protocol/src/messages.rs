@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::container::*;
+
 /// A request from the host, tagged with an id the reply repeats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +35,79 @@ pub enum Request {
     },
     /// Sync the guest's filesystems and power the VM off. The agent replies `Ok` first.
     Shutdown,
+    /// Create a container; replied with `Started` (its init's pid and stdio ports).
+    CreateContainer(CreateContainer),
+    /// Let a created container's init exec its program.
+    StartContainer {
+        /// Container id.
+        id: String,
+    },
+    /// Start a new process in a running container; replied with `Started`.
+    ExecProcess(ExecProcess),
+    /// Send a signal to a process, or with `all` to every process of the container.
+    SignalProcess {
+        /// Which process (`all` ignores `exec_id`).
+        process: ProcessRef,
+        /// Signal number.
+        signal: i32,
+        /// Every process in the container's cgroup.
+        all: bool,
+    },
+    /// Wait for a process to exit; replied with `Exited`.
+    WaitProcess(ProcessRef),
+    /// A container's state; replied with `State`.
+    State {
+        /// Container id.
+        id: String,
+    },
+    /// The pids in a container; replied with `Processes`.
+    ListProcesses {
+        /// Container id.
+        id: String,
+    },
+    /// cgroup statistics; replied with `Stats`.
+    Stats {
+        /// Container id.
+        id: String,
+    },
+    /// Change a container's cgroup limits.
+    UpdateResources {
+        /// Container id.
+        id: String,
+        /// The new resources; absent fields are left as they are.
+        resources: Box<LinuxResources>,
+    },
+    /// Freeze a container (cgroup freezer).
+    PauseContainer {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    ResumeContainer {
+        /// Container id.
+        id: String,
+    },
+    /// Resize a process's pty.
+    ResizeTty {
+        /// Which process.
+        process: ProcessRef,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Close a process's stdin (the process sees end of file).
+    CloseStdin(ProcessRef),
+    /// Remove a stopped container (or, with `force`, kill it first) and everything it made.
+    DeleteContainer {
+        /// Container id.
+        id: String,
+        /// Kill a running container first.
+        force: bool,
+    },
+    /// Turn this connection into an event stream: after `Ok`, the agent sends
+    /// `ResponseEnvelope { id, response: Response::Event(..) }` frames as things happen.
+    SubscribeEvents,
 }
 
 /// Everything the agent can answer.
@@ -47,6 +122,21 @@ pub enum Response {
     },
     /// The request was carried out and has nothing to return.
     Ok,
+    /// A process was created (`CreateContainer`, `ExecProcess`).
+    Started(ProcessStarted),
+    /// A process exited (`WaitProcess`).
+    Exited {
+        /// Exit status; 128+n for a death by signal n.
+        status: i32,
+    },
+    /// A container's state.
+    State(ContainerState),
+    /// The guest pids of a container's processes.
+    Processes(Vec<u32>),
+    /// A container's cgroup statistics.
+    Stats(Box<ContainerStats>),
+    /// Something happened (event subscriptions only).
+    Event(Event),
     /// The request failed.
     Error(ErrorReply),
 }
@@ -91,4 +181,91 @@ pub enum ErrorKind {
     Unsupported,
     /// Anything else; the message says what.
     Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{read_frame, write_frame};
+
+    fn round_trip(request: Request) {
+        let env = RequestEnvelope { id: 3, request };
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &env).unwrap();
+        let back: RequestEnvelope = read_frame(&mut wire.as_slice()).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn container_requests_round_trip() {
+        let spec = Spec::default();
+        round_trip(Request::CreateContainer(CreateContainer {
+            id: "c1".into(),
+            spec: Box::new(spec.clone()),
+            rootfs: "/run/moat/share/c1/rootfs".into(),
+            stdio: StdioRequest {
+                stdin: true,
+                stdout: true,
+                stderr: false,
+            },
+        }));
+        round_trip(Request::ExecProcess(ExecProcess {
+            id: "c1".into(),
+            exec_id: "e1".into(),
+            process: Box::new(spec.process().clone().unwrap()),
+            stdio: StdioRequest::default(),
+        }));
+        let p = ProcessRef {
+            id: "c1".into(),
+            exec_id: Some("e1".into()),
+        };
+        round_trip(Request::SignalProcess {
+            process: p.clone(),
+            signal: 15,
+            all: false,
+        });
+        round_trip(Request::WaitProcess(p.clone()));
+        round_trip(Request::ResizeTty {
+            process: p.clone(),
+            rows: 24,
+            cols: 80,
+        });
+        round_trip(Request::UpdateResources {
+            id: "c1".into(),
+            resources: Box::default(),
+        });
+        round_trip(Request::DeleteContainer {
+            id: "c1".into(),
+            force: true,
+        });
+    }
+
+    #[test]
+    fn container_responses_round_trip() {
+        for response in [
+            Response::Started(ProcessStarted {
+                pid: 7,
+                stdio: StdioPorts {
+                    stdout: Some(2000),
+                    ..Default::default()
+                },
+            }),
+            Response::Exited { status: 137 },
+            Response::State(ContainerState {
+                id: "c".into(),
+                status: ContainerStatus::Paused,
+                pid: 9,
+                exit_status: None,
+            }),
+            Response::Processes(vec![1, 2]),
+            Response::Stats(Box::default()),
+            Response::Event(Event::Oom { id: "c".into() }),
+        ] {
+            let env = ResponseEnvelope { id: 1, response };
+            let mut wire = Vec::new();
+            write_frame(&mut wire, &env).unwrap();
+            let back: ResponseEnvelope = read_frame(&mut wire.as_slice()).unwrap();
+            assert_eq!(back, env);
+        }
+    }
 }
