@@ -6,6 +6,7 @@
 //! exercise them.
 
 pub mod config;
+pub mod container;
 pub mod init;
 pub mod log;
 pub mod reaper;

@@ -1,0 +1,3 @@
+//! OCI containers inside the guest: what runc does on a host, done by the agent.
+
+pub mod syscall;
