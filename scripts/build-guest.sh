@@ -18,7 +18,7 @@ install_if_changed() { # src dst mode
 echo "build-guest: guest kernel" >&2
 vmlinux=$(bash guest-kernel/build.sh | tail -n 1)
 install_if_changed "$vmlinux" "$share/vmlinux" 0644
-install_if_changed "$(dirname "$vmlinux")/config" "$share/vmlinux.config" 0644
+install_if_changed "$(dirname "$vmlinux")/.config" "$share/vmlinux.config" 0644
 
 echo "build-guest: moat and the static agent" >&2
 cargo build --quiet --release -p moat-agent --target x86_64-unknown-linux-musl
