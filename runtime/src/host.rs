@@ -61,9 +61,30 @@ pub fn classify_kvm(dev_kvm: bool, module_loaded: impl Fn(&str) -> bool, cpuinfo
     }
 }
 
+/// The host TSC frequency in kHz, from `/proc/cpuinfo` ("cpu MHz" of the first CPU).
+pub fn tsc_khz() -> Option<u64> {
+    parse_cpu_khz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
+fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    (mhz > 0.0 && mhz < 100_000.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_cpu_frequency() {
+        assert_eq!(
+            parse_cpu_khz("processor\t: 0\ncpu MHz\t\t: 2596.122\n"),
+            Some(2596122)
+        );
+        assert_eq!(parse_cpu_khz("cpu MHz : nonsense"), None);
+        assert_eq!(parse_cpu_khz(""), None);
+    }
 
     #[test]
     fn classifies_the_three_hosts() {

@@ -154,6 +154,12 @@ impl QemuVmConfig {
                 ]);
         }
         let mut cmdline = BASE_CMDLINE.to_string();
+        if let (Accel::Tcg, Some(khz)) = (self.accel, crate::host::tsc_khz()) {
+            // microvm has no HPET and, without ACPI, no PM timer, so the guest calibrates its
+            // TSC against the PIT, which fails on a loaded host and leaves it on a 4 ms
+            // jiffies clock. Under TCG the guest TSC runs at the host's rate: say so.
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
         for extra in &self.cmdline_extra {
             cmdline.push(' ');
             cmdline.push_str(extra);
