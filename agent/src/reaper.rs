@@ -29,8 +29,14 @@ pub struct Reaper {
 struct ReaperState {
     /// Pids someone will ask about; their status is kept until taken.
     watched: HashMap<i32, Option<i32>>,
+    /// Statuses of pids nobody watched yet (a process may die before its creator registers
+    /// interest); bounded to [`MAX_UNCLAIMED`], oldest dropped first.
+    unclaimed: std::collections::VecDeque<(i32, i32)>,
     reaped_total: u64,
 }
+
+/// How many unclaimed exit statuses are kept.
+pub const MAX_UNCLAIMED: usize = 1024;
 
 impl Reaper {
     /// Blocks SIGCHLD in the calling thread (call this in `main` before any other thread
@@ -49,7 +55,20 @@ impl Reaper {
 
     /// Registers interest in `pid`'s exit status. Call before the process can exit.
     pub fn watch(&self, pid: i32) {
-        self.lock().watched.insert(pid, None);
+        let mut st = self.lock();
+        let early = st.unclaimed.iter().position(|(p, _)| *p == pid);
+        let status = early
+            .and_then(|i| st.unclaimed.remove(i))
+            .map(|(_, code)| code);
+        st.watched.insert(pid, status);
+    }
+
+    /// The exit code of a watched `pid` if it has exited, without waiting.
+    pub fn try_wait(&self, pid: i32) -> Option<i32> {
+        let mut st = self.lock();
+        let code = (*st.watched.get(&pid)?)?;
+        st.watched.remove(&pid);
+        Some(code)
     }
 
     /// Waits for a watched `pid` to exit and returns its exit code (128+n for signal n).
@@ -101,6 +120,11 @@ impl Reaper {
         if let Some(slot) = st.watched.get_mut(&pid.as_raw()) {
             *slot = Some(code);
             self.changed.notify_all();
+        } else {
+            if st.unclaimed.len() == MAX_UNCLAIMED {
+                st.unclaimed.pop_front();
+            }
+            st.unclaimed.push_back((pid.as_raw(), code));
         }
     }
 }
@@ -137,5 +161,17 @@ mod tests {
         assert_eq!(r.wait(42), Some(137));
         assert_eq!(r.wait(42), None, "a status is handed out once");
         assert_eq!(r.reaped_total(), 2);
+    }
+
+    #[test]
+    fn a_status_reaped_before_watch_is_not_lost() {
+        let r = Reaper::default();
+        r.record(WaitStatus::Exited(Pid::from_raw(5), 3));
+        r.watch(5);
+        assert_eq!(r.try_wait(5), Some(3));
+        for pid in 0..(MAX_UNCLAIMED as i32 + 10) {
+            r.record(WaitStatus::Exited(Pid::from_raw(1000 + pid), 0));
+        }
+        assert_eq!(r.lock().unclaimed.len(), MAX_UNCLAIMED);
     }
 }

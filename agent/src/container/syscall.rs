@@ -132,7 +132,13 @@ impl Syscall for LinuxSyscall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     /// mount(source, target, fstype, flags, data).
-    Mount(Option<PathBuf>, PathBuf, Option<String>, MsFlags, Option<String>),
+    Mount(
+        Option<PathBuf>,
+        PathBuf,
+        Option<String>,
+        MsFlags,
+        Option<String>,
+    ),
     /// umount2.
     Umount(PathBuf, MntFlags),
     /// pivot_root.
@@ -159,12 +165,15 @@ pub enum Call {
     WriteFile(PathBuf, String),
 }
 
+/// A call predicate and the errno the calls it matches fail with.
+type FailRule = (fn(&Call) -> bool, nix::Error);
+
 /// A fake that records every call and fails the ones it is told to.
 #[derive(Debug, Default)]
 pub struct RecordingSyscall {
     calls: Mutex<Vec<Call>>,
     /// Calls for which this returns true fail with the paired errno.
-    fail: Mutex<Vec<(fn(&Call) -> bool, nix::Error)>>,
+    fail: Mutex<Vec<FailRule>>,
 }
 
 impl RecordingSyscall {
@@ -175,7 +184,10 @@ impl RecordingSyscall {
 
     /// Makes calls matching `pred` fail with `errno`.
     pub fn fail_when(&self, pred: fn(&Call) -> bool, errno: nix::Error) {
-        self.fail.lock().unwrap_or_else(|e| e.into_inner()).push((pred, errno));
+        self.fail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((pred, errno));
     }
 
     fn record(&self, call: Call) -> SysResult<()> {
@@ -186,7 +198,10 @@ impl RecordingSyscall {
             .iter()
             .find(|(p, _)| p(&call))
             .map(|(_, e)| *e);
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(call);
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(call);
         failing.map_or(Ok(()), Err)
     }
 }
@@ -212,7 +227,10 @@ impl Syscall for RecordingSyscall {
         self.record(Call::Umount(target.to_path_buf(), flags))
     }
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> SysResult<()> {
-        self.record(Call::PivotRoot(new_root.to_path_buf(), put_old.to_path_buf()))
+        self.record(Call::PivotRoot(
+            new_root.to_path_buf(),
+            put_old.to_path_buf(),
+        ))
     }
     fn chdir(&self, path: &Path) -> SysResult<()> {
         self.record(Call::Chdir(path.to_path_buf()))
