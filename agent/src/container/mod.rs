@@ -1,5 +1,6 @@
 //! OCI containers inside the guest: what runc does on a host, done by the agent.
 
+pub mod cgroups;
 pub mod creds;
 pub mod hooks;
 pub mod sync;
