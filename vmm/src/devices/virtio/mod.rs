@@ -1,0 +1,3 @@
+//! virtio devices, built on `virtio-queue`.
+
+pub mod vsock;
