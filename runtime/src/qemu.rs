@@ -423,10 +423,12 @@ mod tests {
         assert!(a.contains(&"-no-reboot".to_string()));
         assert!(joined.contains("vhost-user-vsock-device,chardev=vsock"));
         let append = &a[a.iter().position(|x| x == "-append").unwrap() + 1];
-        assert_eq!(
-            append,
-            "console=ttyS0 quiet panic=-1 reboot=t moat.log=debug"
+        assert!(
+            append.starts_with("console=ttyS0 quiet panic=-1 reboot=t"),
+            "{append}"
         );
+        assert!(append.ends_with(" moat.log=debug"), "{append}");
+        assert!(joined.contains("virtio-mmio.force-legacy=false"));
     }
 
     #[test]
