@@ -138,6 +138,9 @@ impl QemuVmConfig {
             "none",
             "-no-reboot",
         ])
+        // microvm's virtio-mmio devices default to legacy (v1); vhost-user backends
+        // (libvhost-user, vhost-user-backend) refuse legacy devices.
+        .args(["-global", "virtio-mmio.force-legacy=false"])
         .args(["-serial", &format!("file:{}", self.console_log.display())]);
         if let Some(sock) = &self.vhost_user_vsock {
             c.args([
