@@ -3,5 +3,6 @@
 pub mod cgroups;
 pub mod creds;
 pub mod hooks;
+pub mod seccomp;
 pub mod sync;
 pub mod syscall;
