@@ -3,6 +3,7 @@
 pub mod cgroups;
 pub mod creds;
 pub mod hooks;
+pub mod rootfs;
 pub mod seccomp;
 pub mod sync;
 pub mod syscall;
