@@ -1,25 +1,51 @@
-//! `moat boot`: start the guest, wait for its agent, stop it, and say how long it took.
-//! The README's first command and the boot smoke test both use it.
+//! `moat boot`: start the guest with moat's vsock backend, wait until its agent answers
+//! `Hello` over vsock, ask it to shut down, and say how long each step took. The README's
+//! first command and the boot smoke test both use it.
+//!
+//! Steps: the vhost-user vsock backend starts on a thread ([`VsockBackendThread`], both of
+//! its sockets bound before QEMU starts); QEMU starts with `vhost-user-vsock-device`; the host
+//! connects through the hybrid socket to the agent's port 1024, retrying while the guest is
+//! not up yet (its vsock device not ready, or nothing listening yet), until `Hello` is
+//! answered: that is "agent ready". Then `Shutdown`, QEMU must exit 0, and the backend must
+//! stop by itself when QEMU disconnects.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use moat_protocol::{CONTROL_PORT, GUEST_CID};
+use moat_vmm::devices::virtio::vsock::vhost_user::VhostUserVsockError;
+use moat_vmm::devices::virtio::vsock::MetricsSnapshot;
 
 use crate::host;
 use crate::paths::GuestPaths;
 use crate::qemu::{Accel, QemuError, QemuVm, QemuVmConfig};
+use crate::vsock::{AgentClient, AgentError, BackendExitError, VsockBackendThread};
 
 /// The line the agent prints on the console once it serves requests.
 pub const READY_MARKER: &str = "moat-agent: ready";
 
+/// One connection attempt waits at most this long for the guest to accept.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between attempts that the guest refused (it is still booting).
+const RETRY_DELAY: Duration = Duration::from_millis(10);
+
 /// What one boot measured.
 #[derive(Debug, Clone)]
 pub struct BootReport {
-    /// The agent's ready line.
+    /// The agent's ready line from the console.
     pub ready_line: String,
-    /// QEMU start to the ready line.
+    /// The agent's version, from `Hello`.
+    pub agent_version: String,
+    /// QEMU start to the agent answering `Hello` over vsock.
     pub to_ready: Duration,
+    /// The `Hello` round trip on the connected stream.
+    pub hello_rtt: Duration,
+    /// Connection attempts until the agent accepted.
+    pub attempts: u32,
     /// QEMU start to QEMU exit.
     pub to_exit: Duration,
+    /// The vsock device's counters when the backend stopped.
+    pub vsock: MetricsSnapshot,
 }
 
 /// A failed boot.
@@ -31,15 +57,51 @@ pub enum BootError {
     /// QEMU ended with a failure status.
     #[error("QEMU exited with {0} after the agent was ready (expected 0)")]
     BadExit(std::process::ExitStatus),
+    /// The vsock backend could not start.
+    #[error("starting the vsock backend")]
+    BackendStart(#[source] VhostUserVsockError),
+    /// The vsock backend did not stop cleanly after QEMU exited.
+    #[error("after QEMU exited")]
+    BackendExit(#[source] BackendExitError),
+    /// The vsock backend stopped while the guest was booting.
+    #[error("the vsock backend stopped before the agent answered; console tail:\n{0}")]
+    BackendGone(String),
+    /// The agent could not be reached or failed a request.
+    #[error("{step}; console tail:\n{console_tail}")]
+    Agent {
+        /// What was being done.
+        step: &'static str,
+        /// Why it failed.
+        #[source]
+        source: AgentError,
+        /// The last lines of the serial console.
+        console_tail: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the agent did not answer Hello within {timeout:?} ({attempts} attempts; last: {last}); console tail:\n{console_tail}")]
+    AgentTimeout {
+        /// The timeout.
+        timeout: Duration,
+        /// Connection attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: String,
+        /// The last lines of the serial console.
+        console_tail: String,
+    },
 }
 
-/// Boots the guest once in `workdir` (console log there), waits for the agent to be ready,
-/// lets it power off, and checks that QEMU exits 0.
+/// Boots the guest once in `workdir` (sockets and console log there), waits until the agent
+/// answers `Hello` over vsock, asks it to shut down, and checks that QEMU exits 0 and the
+/// vsock backend stops.
 pub fn boot_once(
     paths: &GuestPaths,
     workdir: &Path,
     timeout: Duration,
 ) -> Result<BootReport, BootError> {
+    let uds = workdir.join("vsock.sock");
+    let mut backend = VsockBackendThread::start(&workdir.join("vhost-vsock.sock"), &uds, GUEST_CID)
+        .map_err(BootError::BackendStart)?;
     let cfg = QemuVmConfig {
         qemu: paths.qemu.clone(),
         kernel: paths.kernel.clone(),
@@ -48,23 +110,84 @@ pub fn boot_once(
         vcpus: 1,
         memory_mib: 256,
         console_log: workdir.join("console.log"),
-        cmdline_extra: vec!["moat.poweroff_after_ready=1".into()],
-        vhost_user_vsock: None,
+        cmdline_extra: Vec::new(),
+        vhost_user_vsock: Some(workdir.join("vhost-vsock.sock")),
         vhost_user_fs: None,
     };
     let mut vm = QemuVm::spawn(&cfg)?;
-    let ready_line = vm.wait_for_console(READY_MARKER, timeout)?;
+    let (mut client, attempts) = wait_for_agent(&mut vm, &backend, &uds, timeout)?;
     let to_ready = vm.started().elapsed();
+    // The agent prints its ready line before it serves, so it is on the console by now.
+    let ready_line = vm.wait_for_console(READY_MARKER, Duration::from_secs(5))?;
+    client.shutdown().map_err(|source| BootError::Agent {
+        step: "asking the agent to shut down",
+        source,
+        console_tail: vm.console_tail(),
+    })?;
     let status = vm.wait_exit(timeout)?;
     let to_exit = vm.started().elapsed();
     if !status.success() {
         return Err(BootError::BadExit(status));
     }
+    let vsock = backend
+        .wait(Duration::from_secs(5))
+        .map_err(BootError::BackendExit)?;
     Ok(BootReport {
         ready_line,
+        agent_version: client.agent_version().to_string(),
         to_ready,
+        hello_rtt: client.hello_rtt(),
+        attempts,
         to_exit,
+        vsock,
     })
+}
+
+/// Connects to the agent, retrying while the guest is still coming up.
+fn wait_for_agent(
+    vm: &mut QemuVm,
+    backend: &VsockBackendThread,
+    uds: &Path,
+    timeout: Duration,
+) -> Result<(AgentClient, u32), BootError> {
+    let deadline = vm.started() + timeout;
+    let mut attempts = 0;
+    let mut last = String::from("no attempt");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(BootError::AgentTimeout {
+                timeout,
+                attempts,
+                last,
+                console_tail: vm.console_tail(),
+            });
+        }
+        attempts += 1;
+        match AgentClient::connect(uds, CONTROL_PORT, left.min(ATTEMPT_TIMEOUT)) {
+            Ok(c) => return Ok((c, attempts)),
+            Err(AgentError::Connect(e)) if e.is_transient() => last = e.to_string(),
+            Err(source) => {
+                return Err(BootError::Agent {
+                    step: "saying Hello to the agent",
+                    source,
+                    console_tail: vm.console_tail(),
+                })
+            }
+        }
+        // QEMU gone: its own error (status, console tail, stderr) says why.
+        if let Ok(status) = vm.wait_exit(Duration::ZERO) {
+            return Err(BootError::Qemu(QemuError::Exited {
+                status,
+                waiting_for: format!("the agent to answer on vsock port {CONTROL_PORT}"),
+                console_tail: vm.console_tail(),
+            }));
+        }
+        if backend.is_finished() {
+            return Err(BootError::BackendGone(vm.console_tail()));
+        }
+        std::thread::sleep(RETRY_DELAY);
+    }
 }
 
 /// The median of some durations (the lower middle for an even count).

@@ -4,9 +4,11 @@
 //! - [`paths`]: where the guest kernel, initramfs and helpers are.
 //! - [`initramfs`]: the guest image builder.
 //! - [`qemu`]: the QEMU backend.
+//! - [`vsock`]: host↔guest vsock: the hybrid-socket client, the agent client, the backend.
 
 pub mod boot;
 pub mod host;
 pub mod initramfs;
 pub mod paths;
 pub mod qemu;
+pub mod vsock;

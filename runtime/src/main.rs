@@ -31,6 +31,19 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Serve moat's virtio-vsock device to one QEMU over vhost-user, until QEMU disconnects.
+    #[command(name = "vhost-user-vsock", hide = true)]
+    VhostUserVsock {
+        /// The vhost-user socket QEMU connects to (`-chardev socket,path=...`).
+        #[arg(long)]
+        socket: PathBuf,
+        /// The hybrid vsock socket host processes connect to (`CONNECT <port>`).
+        #[arg(long)]
+        uds_path: PathBuf,
+        /// The guest's CID.
+        #[arg(long, default_value_t = moat_protocol::GUEST_CID)]
+        guest_cid: u64,
+    },
     /// Build the guest initramfs from a static agent binary.
     Initramfs {
         /// The static `moat-agent` binary.
@@ -57,6 +70,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Boot { runs, timeout } => cmd_boot(runs, Duration::from_secs(timeout)),
         Command::Initramfs { agent, output } => cmd_initramfs(&agent, &output),
+        Command::VhostUserVsock {
+            socket,
+            uds_path,
+            guest_cid,
+        } => cmd_vhost_user_vsock(&socket, &uds_path, guest_cid),
     }
 }
 
@@ -67,8 +85,12 @@ fn cmd_boot(runs: u32, timeout: Duration) -> Result<()> {
         let dir = TempDir::new("boot")?;
         let r = boot::boot_once(&paths, &dir.0, timeout)?;
         println!(
-            "boot {i}: agent ready in {} (QEMU exited 0 after {}): {}",
+            "boot {i}: agent {} answered Hello over vsock {} after QEMU start \
+             (Hello round trip {:.2} ms, {} attempt(s)); QEMU exited 0 after {}: {}",
+            r.agent_version,
             secs(r.to_ready),
+            r.hello_rtt.as_secs_f64() * 1000.0,
+            r.attempts,
             secs(r.to_exit),
             r.ready_line.trim()
         );
@@ -80,6 +102,17 @@ fn cmd_boot(runs: u32, timeout: Duration) -> Result<()> {
             secs(m)
         );
     }
+    Ok(())
+}
+
+fn cmd_vhost_user_vsock(socket: &std::path::Path, uds: &std::path::Path, cid: u64) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    moat::vsock::serve_vhost_user_vsock(socket, uds, cid)?;
     Ok(())
 }
 

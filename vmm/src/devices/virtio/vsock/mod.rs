@@ -107,5 +107,6 @@ pub const TXQ: usize = 1;
 pub const EVQ: usize = 2;
 /// RX, TX, event.
 pub const NUM_QUEUES: usize = 3;
-/// The largest queue size the device accepts.
-pub const MAX_QUEUE_SIZE: u16 = 256;
+/// The largest queue size the device accepts (QEMU 7.2's `vhost-user-vsock-device` asks
+/// for 1024).
+pub const MAX_QUEUE_SIZE: u16 = 1024;

@@ -331,8 +331,8 @@ mod tests {
         assert_eq!(b.num_queues(), 3);
         assert_eq!(b.queues_per_thread(), vec![0b11]);
         assert!(
-            b.max_queue_size() >= 128,
-            "QEMU uses 128-entry vsock queues"
+            b.max_queue_size() >= 1024,
+            "QEMU 7.2 asks for 1024-entry queues"
         );
         let f = b.features();
         for bit in [VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX] {
