@@ -7,8 +7,10 @@
 
 pub mod config;
 pub mod container;
+pub mod hostrun;
 pub mod init;
 pub mod log;
 pub mod reaper;
+pub mod rpc;
 pub mod server;
 pub mod testsvc;

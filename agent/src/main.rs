@@ -1,11 +1,23 @@
-//! The agent's entry point: PID 1 of the guest.
+//! The agent's entry point: PID 1 of the guest, or `moat-agent run` on a host (tests).
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use moat_agent::config::AgentConfig;
-use moat_agent::{info, init, log, reaper::Reaper, server, testsvc, warn};
+use moat_agent::container::manager::{Manager, ManagerConfig};
+use moat_agent::container::syscall::LinuxSyscall;
+use moat_agent::{hostrun, info, init, log, reaper::Reaper, server, testsvc, warn};
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("run") {
+        std::process::exit(hostrun::main(&args[2..]));
+    }
     if std::process::id() != 1 {
-        eprintln!("moat-agent: must run as PID 1 inside a moat guest (it mounts and powers off the machine)");
+        eprintln!(
+            "moat-agent: must run as PID 1 inside a moat guest (it mounts and powers off the machine); \
+             `moat-agent run --bundle DIR` runs one bundle on this host"
+        );
         std::process::exit(2);
     }
     // A panic in any thread must end the VM with a reason, not leave a guest without its agent.
@@ -22,11 +34,18 @@ fn main() {
     }
     let controllers =
         init::enable_cgroup_controllers().unwrap_or_else(|e| init::fatal(&e.to_string()));
-    let _reaper =
+    let reaper =
         Reaper::start().unwrap_or_else(|e| init::fatal(&format!("starting the reaper: {e}")));
+    let manager = Manager::new(
+        Arc::new(LinuxSyscall),
+        reaper,
+        ManagerConfig {
+            cgroup_root: Some(PathBuf::from("/sys/fs/cgroup")),
+            inherit_stdio: false,
+        },
+    );
     let listener =
         server::listen_vsock(cfg.control_port).unwrap_or_else(|e| init::fatal(&e.to_string()));
-
     if let Some(port) = cfg.test_port {
         testsvc::start(port).unwrap_or_else(|e| init::fatal(&e.to_string()));
         warn!("test services enabled on vsock port {port} (moat.test_port)");
@@ -42,5 +61,5 @@ fn main() {
         info!("moat.poweroff_after_ready is set; powering off");
         init::power_off();
     }
-    server::serve(listener)
+    server::serve(listener, manager)
 }

@@ -3,6 +3,9 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::container::manager::Manager;
 
 use moat_protocol::{
     read_frame, write_frame, ErrorKind, ErrorReply, FrameError, Request, RequestEnvelope, Response,
@@ -52,15 +55,16 @@ pub fn listen_vsock(port: u32) -> Result<OwnedFd, ServerError> {
 }
 
 /// Accepts connections forever, serving each on its own thread.
-pub fn serve(listener: OwnedFd) -> ! {
+pub fn serve(listener: OwnedFd, manager: Arc<Manager>) -> ! {
     loop {
         match accept(&listener) {
             Ok(conn) => {
+                let m = Arc::clone(&manager);
                 let spawned = std::thread::Builder::new()
                     .name("conn".into())
                     .spawn(move || {
                         let mut stream = std::fs::File::from(conn);
-                        if handle_connection(&mut stream) == After::PowerOff {
+                        if handle_connection(&mut stream, &m) == After::PowerOff {
                             crate::info!("shutdown requested; powering off");
                             crate::init::power_off();
                         }
@@ -79,7 +83,7 @@ pub fn serve(listener: OwnedFd) -> ! {
 }
 
 /// Serves one connection until the peer closes it, sends garbage, or asks to shut down.
-pub fn handle_connection<S: Read + Write>(stream: &mut S) -> After {
+pub fn handle_connection<S: Read + Write>(stream: &mut S, manager: &Arc<Manager>) -> After {
     let mut greeted = false;
     loop {
         let env: RequestEnvelope = match read_frame(stream) {
@@ -99,8 +103,11 @@ pub fn handle_connection<S: Read + Write>(stream: &mut S) -> After {
                 return After::Close;
             }
         };
-        crate::debug!("request {}: {:?}", env.id, env.request);
-        let (response, after) = dispatch(env.request, &mut greeted);
+        crate::debug!("request {}: {}", env.id, request_name(&env.request));
+        if greeted && env.request == Request::SubscribeEvents {
+            return stream_events(stream, env.id, manager);
+        }
+        let (response, after) = dispatch(env.request, &mut greeted, manager);
         let reply = ResponseEnvelope {
             id: env.id,
             response,
@@ -116,7 +123,7 @@ pub fn handle_connection<S: Read + Write>(stream: &mut S) -> After {
 }
 
 /// Answers one request. `Hello` must come first on every connection.
-fn dispatch(request: Request, greeted: &mut bool) -> (Response, After) {
+fn dispatch(request: Request, greeted: &mut bool, manager: &Arc<Manager>) -> (Response, After) {
     match request {
         Request::Hello { version } if version == PROTOCOL_VERSION => {
             *greeted = true;
@@ -143,26 +150,61 @@ fn dispatch(request: Request, greeted: &mut bool) -> (Response, After) {
             After::Close,
         ),
         Request::Shutdown => (Response::Ok, After::PowerOff),
-        other => (
-            Response::Error(ErrorReply::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "request {} is not supported by this agent",
-                    request_name(&other)
-                ),
-            )),
-            After::Continue,
-        ),
+        other => (crate::rpc::dispatch(manager, other), After::Continue),
     }
 }
 
+/// Sends `Ok`, then every event as it happens, until the host goes away.
+fn stream_events<S: Read + Write>(stream: &mut S, id: u64, manager: &Arc<Manager>) -> After {
+    let events = manager.subscribe();
+    if write_frame(
+        stream,
+        &ResponseEnvelope {
+            id,
+            response: Response::Ok,
+        },
+    )
+    .is_err()
+    {
+        return After::Close;
+    }
+    while let Ok(ev) = events.recv() {
+        if write_frame(
+            stream,
+            &ResponseEnvelope {
+                id,
+                response: Response::Event(ev),
+            },
+        )
+        .is_err()
+        {
+            break;
+        }
+    }
+    After::Close
+}
+
 /// The variant name of a request, for messages.
-fn request_name(r: &Request) -> String {
-    let dbg = format!("{r:?}");
-    dbg.split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("?")
-        .to_string()
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Hello { .. } => "Hello",
+        Request::Shutdown => "Shutdown",
+        Request::CreateContainer(_) => "CreateContainer",
+        Request::StartContainer { .. } => "StartContainer",
+        Request::ExecProcess(_) => "ExecProcess",
+        Request::SignalProcess { .. } => "SignalProcess",
+        Request::WaitProcess(_) => "WaitProcess",
+        Request::State { .. } => "State",
+        Request::ListProcesses { .. } => "ListProcesses",
+        Request::Stats { .. } => "Stats",
+        Request::UpdateResources { .. } => "UpdateResources",
+        Request::PauseContainer { .. } => "PauseContainer",
+        Request::ResumeContainer { .. } => "ResumeContainer",
+        Request::ResizeTty { .. } => "ResizeTty",
+        Request::CloseStdin(_) => "CloseStdin",
+        Request::DeleteContainer { .. } => "DeleteContainer",
+        Request::SubscribeEvents => "SubscribeEvents",
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +252,15 @@ mod tests {
             input: Cursor::new(input),
             output: Vec::new(),
         };
-        let after = handle_connection(&mut d);
+        let manager = Manager::new(
+            Arc::new(crate::container::syscall::RecordingSyscall::default()),
+            Arc::new(crate::reaper::Reaper::default()),
+            crate::container::manager::ManagerConfig {
+                cgroup_root: None,
+                inherit_stdio: false,
+            },
+        );
+        let after = handle_connection(&mut d, &manager);
         let mut out = d.output.as_slice();
         let mut replies = Vec::new();
         while !out.is_empty() {
@@ -272,6 +322,25 @@ mod tests {
         );
         let (after, _) = run_bytes(u32::MAX.to_be_bytes().to_vec());
         assert_eq!(after, After::Close);
+    }
+
+    #[test]
+    fn container_requests_reach_the_manager() {
+        let (after, replies) = run(&[
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            Request::State { id: "nope".into() },
+            Request::StartContainer { id: "../x".into() },
+        ]);
+        assert_eq!(after, After::Close);
+        assert!(
+            matches!(&replies[1].response, Response::Error(e) if e.kind == ErrorKind::NotFound),
+            "{replies:?}"
+        );
+        assert!(
+            matches!(&replies[2].response, Response::Error(e) if e.kind == ErrorKind::NotFound)
+        );
     }
 
     #[test]

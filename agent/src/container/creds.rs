@@ -161,6 +161,13 @@ pub fn apply_user_and_caps(process: &Process) -> Result<(), CredsError> {
                     source: nix::Error::EPERM,
                 })
             };
+            // Effective first: the kernel refuses a permitted set that does not cover the
+            // current effective set.
+            set(
+                CapSet::Effective,
+                &effective,
+                "process.capabilities.effective",
+            )?;
             set(
                 CapSet::Permitted,
                 &permitted,
@@ -171,13 +178,19 @@ pub fn apply_user_and_caps(process: &Process) -> Result<(), CredsError> {
                 &inheritable,
                 "process.capabilities.inheritable",
             )?;
-            set(
-                CapSet::Effective,
-                &effective,
-                "process.capabilities.effective",
-            )?;
-            // Ambient capabilities must be permitted and inheritable; the kernel checks.
-            set(CapSet::Ambient, &ambient, "process.capabilities.ambient")?;
+            // An ambient capability must also be permitted and inheritable. As runc does, one
+            // that is not is skipped rather than failing the container (runc's own default
+            // spec lists ambient capabilities without inheritable ones).
+            let _ = caps::clear(None, CapSet::Ambient);
+            for cap in ambient {
+                if permitted.contains(&cap) && inheritable.contains(&cap) {
+                    caps::raise(None, CapSet::Ambient, cap).map_err(|e| CredsError::Sys {
+                        field: "process.capabilities.ambient",
+                        what: format!("raising {cap}: {e}"),
+                        source: nix::Error::EPERM,
+                    })?;
+                }
+            }
         }
         None if user.uid() != 0 => {
             // No capabilities in the spec: a non-root user ends with none (as after execve).

@@ -3,7 +3,11 @@
 pub mod cgroups;
 pub mod creds;
 pub mod hooks;
+pub mod manager;
+pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+pub mod spec_check;
+pub mod stdio;
 pub mod sync;
 pub mod syscall;
