@@ -8,6 +8,8 @@ need_pkgs=(
   linux-source-6.12    # the guest kernel source
   busybox-static       # test rootfs
   build-essential bc flex bison libelf-dev libssl-dev xz-utils  # kernel build
+  libseccomp-dev libcap-ng-dev pkg-config  # to build virtiofsd
+  runc                 # the peer in benchmarks
 )
 
 missing=()
@@ -24,4 +26,11 @@ fi
 if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl; then
   echo "setup-host: adding the musl target"
   rustup target add x86_64-unknown-linux-musl
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+# virtiofsd serves each sandbox's rootfs share. Built from crates.io, cached in ~/.cargo/bin.
+if ! command -v virtiofsd >/dev/null 2>&1; then
+  echo "setup-host: building virtiofsd (cargo install, a few minutes once)"
+  cargo install --quiet --locked virtiofsd
 fi
