@@ -8,9 +8,13 @@
 //! | `moat.log=error\|warn\|info\|debug\|trace` | log level on the console | `info` |
 //! | `moat.port=N` | vsock port of the control server | 1024 |
 //! | `moat.poweroff_after_ready=1` | power off right after the ready line (boot tests without a vsock device) | off |
+//! | `moat.share=TAG` | mount the virtio-fs share `TAG` at `/run/moat/share` (container rootfs and volumes) | none |
 //! | `moat.test_port=N` | serve the test services (echo, sink, connect-out) on vsock port N | off |
 
 use moat_protocol::CONTROL_PORT;
+
+/// Where the sandbox's virtio-fs share is mounted in the guest.
+pub const SHARE_DIR: &str = "/run/moat/share";
 
 /// Log levels, lowest (quietest) first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,6 +40,8 @@ pub struct AgentConfig {
     pub control_port: u32,
     /// Power off as soon as the agent is ready.
     pub poweroff_after_ready: bool,
+    /// virtio-fs tag of the sandbox's share, mounted at [`SHARE_DIR`].
+    pub share_tag: Option<String>,
     /// Port of the test services, when enabled.
     pub test_port: Option<u32>,
     /// `moat.` parameters that were present but not understood, reported as warnings.
@@ -49,6 +55,7 @@ impl Default for AgentConfig {
             control_port: CONTROL_PORT,
             poweroff_after_ready: false,
             test_port: None,
+            share_tag: None,
             unknown: Vec::new(),
         }
     }
@@ -67,6 +74,9 @@ impl AgentConfig {
             let ok = match key {
                 "log" => parse_level(value).map(|l| cfg.log_level = l).is_some(),
                 "port" => parse_port(value).map(|p| cfg.control_port = p).is_some(),
+                "share" => (!value.is_empty() && value.len() <= 36)
+                    .then(|| cfg.share_tag = Some(value.to_string()))
+                    .is_some(),
                 "test_port" => parse_port(value).map(|p| cfg.test_port = Some(p)).is_some(),
                 "poweroff_after_ready" => parse_bool(value)
                     .map(|b| cfg.poweroff_after_ready = b)

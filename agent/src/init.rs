@@ -171,6 +171,23 @@ fn controller_request(available: &str) -> String {
         .join(" ")
 }
 
+/// Mounts the sandbox's virtio-fs share `tag` at `dir` (created if needed).
+pub fn mount_share(tag: &str, dir: &'static str) -> Result<(), InitError> {
+    std::fs::create_dir_all(dir).map_err(|source| InitError::Create { path: dir, source })?;
+    mount(
+        Some(tag),
+        dir,
+        Some("virtiofs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(|source| InitError::Mount {
+        target: dir,
+        fstype: "virtiofs",
+        source,
+    })
+}
+
 /// Ends the VM: syncs, then resets the machine.
 ///
 /// A `-M microvm` guest has no ACPI power button, so "power off" is a reset that the VMM

@@ -34,6 +34,10 @@ fn main() {
     }
     let controllers =
         init::enable_cgroup_controllers().unwrap_or_else(|e| init::fatal(&e.to_string()));
+    if let Some(tag) = &cfg.share_tag {
+        init::mount_share(tag, moat_agent::config::SHARE_DIR)
+            .unwrap_or_else(|e| init::fatal(&e.to_string()));
+    }
     let reaper =
         Reaper::start().unwrap_or_else(|e| init::fatal(&format!("starting the reaper: {e}")));
     let manager = Manager::new(

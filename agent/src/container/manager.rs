@@ -79,6 +79,7 @@ struct Container {
     pending: Option<Launched>,
     cgroup: Option<Cgroup>,
     execs: HashMap<String, Proc>,
+    oom: Option<super::cgroups::OomWatchThread>,
     seccomp: (Vec<BpfProgram>, u32),
 }
 
@@ -306,6 +307,7 @@ impl Manager {
             stdio: io.ports,
         };
         let exit = Arc::new(ExitCell::default());
+        let oom = cgroup.as_ref().and_then(|cg| self.watch_oom(&req.id, cg));
         let container = Container {
             spec: (*req.spec).clone(),
             status: ContainerStatus::Created,
@@ -317,6 +319,7 @@ impl Manager {
             pending: Some(launched),
             cgroup,
             execs: HashMap::new(),
+            oom,
             seccomp,
         };
         let c = Arc::new(Mutex::new(container));
@@ -367,6 +370,31 @@ impl Manager {
             }
         }
         Ok(Some(cg))
+    }
+
+    /// Publishes an `Oom` event each time the kernel's OOM killer acts in the cgroup.
+    fn watch_oom(
+        self: &Arc<Self>,
+        id: &str,
+        cg: &Cgroup,
+    ) -> Option<super::cgroups::OomWatchThread> {
+        let watcher = match super::cgroups::OomWatcher::new(cg) {
+            Ok(w) => w,
+            Err(e) => {
+                crate::warn!("no OOM events for container {id}: {e}");
+                return None;
+            }
+        };
+        let me = Arc::downgrade(self);
+        let id = id.to_string();
+        watcher
+            .spawn(move |_new_kills| {
+                if let Some(m) = me.upgrade() {
+                    m.publish(Event::Oom { id: id.clone() });
+                }
+            })
+            .map_err(|e| crate::warn!("cannot start an OOM watcher: {e}"))
+            .ok()
     }
 
     /// Waits (on a thread) for a process's exit and records it.
@@ -654,7 +682,10 @@ impl Manager {
             Arc::clone(&g.init.exit)
         };
         exit.wait();
-        let g = c.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = c.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(oom) = g.oom.take() {
+            oom.stop();
+        }
         if let Some(cg) = &g.cgroup {
             cg.remove().map_err(|e| internal(e.to_string()))?;
         }
