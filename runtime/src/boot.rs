@@ -9,7 +9,7 @@
 //! answered: that is "agent ready". Then `Shutdown`, QEMU must exit 0, and the backend must
 //! stop by itself when QEMU disconnects.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use moat_protocol::{CONTROL_PORT, GUEST_CID};
@@ -91,6 +91,117 @@ pub enum BootError {
     },
 }
 
+/// A guest booted with moat's vsock backend, not yet known to be ready. The boot smoke test
+/// and the vsock end-to-end tests drive it.
+#[derive(Debug)]
+pub struct VsockVm {
+    /// The QEMU process (killed on drop).
+    pub vm: QemuVm,
+    /// The vsock backend (stopped on drop).
+    pub backend: VsockBackendThread,
+    /// The hybrid vsock socket: `CONNECT <port>` reaches the guest; guest connections to
+    /// host port P go to `<uds>_<P>`.
+    pub uds: PathBuf,
+}
+
+impl VsockVm {
+    /// Starts the vsock backend, then QEMU, in `workdir` (sockets and console log there);
+    /// `cmdline_extra` goes on the kernel command line (the agent's `moat.*` settings).
+    pub fn start(
+        paths: &GuestPaths,
+        workdir: &Path,
+        cmdline_extra: Vec<String>,
+    ) -> Result<Self, BootError> {
+        let uds = workdir.join("vsock.sock");
+        let vu = workdir.join("vhost-vsock.sock");
+        let backend =
+            VsockBackendThread::start(&vu, &uds, GUEST_CID).map_err(BootError::BackendStart)?;
+        let cfg = QemuVmConfig {
+            qemu: paths.qemu.clone(),
+            kernel: paths.kernel.clone(),
+            initramfs: paths.initramfs.clone(),
+            accel: Accel::for_host(host::detect_kvm()),
+            vcpus: 1,
+            memory_mib: 256,
+            console_log: workdir.join("console.log"),
+            cmdline_extra,
+            vhost_user_vsock: Some(vu),
+            vhost_user_fs: None,
+        };
+        let vm = QemuVm::spawn(&cfg)?;
+        Ok(Self { vm, backend, uds })
+    }
+
+    /// Connects to the agent's control port, retrying while the guest is still coming up
+    /// (device not ready, nothing listening yet) until `timeout` after QEMU started; returns
+    /// the client past `Hello` and the number of attempts.
+    pub fn wait_for_agent(&mut self, timeout: Duration) -> Result<(AgentClient, u32), BootError> {
+        let deadline = self.vm.started() + timeout;
+        let mut attempts = 0;
+        let mut last = String::from("no attempt");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(BootError::AgentTimeout {
+                    timeout,
+                    attempts,
+                    last,
+                    console_tail: self.vm.console_tail(),
+                });
+            }
+            attempts += 1;
+            match AgentClient::connect(&self.uds, CONTROL_PORT, left.min(ATTEMPT_TIMEOUT)) {
+                Ok(c) => return Ok((c, attempts)),
+                Err(AgentError::Connect(e)) if e.is_transient() => last = e.to_string(),
+                Err(source) => return Err(self.agent_error("saying Hello to the agent", source)),
+            }
+            // QEMU gone: its own error (status, console tail, stderr) says why.
+            if let Ok(status) = self.vm.wait_exit(Duration::ZERO) {
+                return Err(BootError::Qemu(QemuError::Exited {
+                    status,
+                    waiting_for: format!("the agent to answer on vsock port {CONTROL_PORT}"),
+                    console_tail: self.vm.console_tail(),
+                }));
+            }
+            if self.backend.is_finished() {
+                return Err(BootError::BackendGone(self.vm.console_tail()));
+            }
+            std::thread::sleep(RETRY_DELAY);
+        }
+    }
+
+    /// Wraps an agent error with the console tail.
+    pub fn agent_error(&self, step: &'static str, source: AgentError) -> BootError {
+        BootError::Agent {
+            step,
+            source,
+            console_tail: self.vm.console_tail(),
+        }
+    }
+
+    /// Asks the agent to power off, then checks that QEMU exits 0 and the backend stops;
+    /// returns QEMU's run time and the backend's counters.
+    pub fn shutdown(
+        &mut self,
+        client: &mut AgentClient,
+        timeout: Duration,
+    ) -> Result<(Duration, MetricsSnapshot), BootError> {
+        client
+            .shutdown()
+            .map_err(|e| self.agent_error("asking the agent to shut down", e))?;
+        let status = self.vm.wait_exit(timeout)?;
+        let to_exit = self.vm.started().elapsed();
+        if !status.success() {
+            return Err(BootError::BadExit(status));
+        }
+        let vsock = self
+            .backend
+            .wait(Duration::from_secs(5))
+            .map_err(BootError::BackendExit)?;
+        Ok((to_exit, vsock))
+    }
+}
+
 /// Boots the guest once in `workdir` (sockets and console log there), waits until the agent
 /// answers `Hello` over vsock, asks it to shut down, and checks that QEMU exits 0 and the
 /// vsock backend stops.
@@ -99,39 +210,14 @@ pub fn boot_once(
     workdir: &Path,
     timeout: Duration,
 ) -> Result<BootReport, BootError> {
-    let uds = workdir.join("vsock.sock");
-    let mut backend = VsockBackendThread::start(&workdir.join("vhost-vsock.sock"), &uds, GUEST_CID)
-        .map_err(BootError::BackendStart)?;
-    let cfg = QemuVmConfig {
-        qemu: paths.qemu.clone(),
-        kernel: paths.kernel.clone(),
-        initramfs: paths.initramfs.clone(),
-        accel: Accel::for_host(host::detect_kvm()),
-        vcpus: 1,
-        memory_mib: 256,
-        console_log: workdir.join("console.log"),
-        cmdline_extra: Vec::new(),
-        vhost_user_vsock: Some(workdir.join("vhost-vsock.sock")),
-        vhost_user_fs: None,
-    };
-    let mut vm = QemuVm::spawn(&cfg)?;
-    let (mut client, attempts) = wait_for_agent(&mut vm, &backend, &uds, timeout)?;
-    let to_ready = vm.started().elapsed();
+    let mut vm = VsockVm::start(paths, workdir, Vec::new())?;
+    let (mut client, attempts) = vm.wait_for_agent(timeout)?;
+    let to_ready = vm.vm.started().elapsed();
     // The agent prints its ready line before it serves, so it is on the console by now.
-    let ready_line = vm.wait_for_console(READY_MARKER, Duration::from_secs(5))?;
-    client.shutdown().map_err(|source| BootError::Agent {
-        step: "asking the agent to shut down",
-        source,
-        console_tail: vm.console_tail(),
-    })?;
-    let status = vm.wait_exit(timeout)?;
-    let to_exit = vm.started().elapsed();
-    if !status.success() {
-        return Err(BootError::BadExit(status));
-    }
-    let vsock = backend
-        .wait(Duration::from_secs(5))
-        .map_err(BootError::BackendExit)?;
+    let ready_line = vm
+        .vm
+        .wait_for_console(READY_MARKER, Duration::from_secs(5))?;
+    let (to_exit, vsock) = vm.shutdown(&mut client, timeout)?;
     Ok(BootReport {
         ready_line,
         agent_version: client.agent_version().to_string(),
@@ -141,53 +227,6 @@ pub fn boot_once(
         to_exit,
         vsock,
     })
-}
-
-/// Connects to the agent, retrying while the guest is still coming up.
-fn wait_for_agent(
-    vm: &mut QemuVm,
-    backend: &VsockBackendThread,
-    uds: &Path,
-    timeout: Duration,
-) -> Result<(AgentClient, u32), BootError> {
-    let deadline = vm.started() + timeout;
-    let mut attempts = 0;
-    let mut last = String::from("no attempt");
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(BootError::AgentTimeout {
-                timeout,
-                attempts,
-                last,
-                console_tail: vm.console_tail(),
-            });
-        }
-        attempts += 1;
-        match AgentClient::connect(uds, CONTROL_PORT, left.min(ATTEMPT_TIMEOUT)) {
-            Ok(c) => return Ok((c, attempts)),
-            Err(AgentError::Connect(e)) if e.is_transient() => last = e.to_string(),
-            Err(source) => {
-                return Err(BootError::Agent {
-                    step: "saying Hello to the agent",
-                    source,
-                    console_tail: vm.console_tail(),
-                })
-            }
-        }
-        // QEMU gone: its own error (status, console tail, stderr) says why.
-        if let Ok(status) = vm.wait_exit(Duration::ZERO) {
-            return Err(BootError::Qemu(QemuError::Exited {
-                status,
-                waiting_for: format!("the agent to answer on vsock port {CONTROL_PORT}"),
-                console_tail: vm.console_tail(),
-            }));
-        }
-        if backend.is_finished() {
-            return Err(BootError::BackendGone(vm.console_tail()));
-        }
-        std::thread::sleep(RETRY_DELAY);
-    }
 }
 
 /// The median of some durations (the lower middle for an even count).

@@ -20,7 +20,7 @@ use moat_protocol::{
     ResponseEnvelope, PROTOCOL_VERSION,
 };
 use moat_vmm::devices::virtio::vsock::vhost_user::{VhostUserVsockError, VhostUserVsockServer};
-use moat_vmm::devices::virtio::vsock::MetricsSnapshot;
+pub use moat_vmm::devices::virtio::vsock::MetricsSnapshot;
 
 /// The longest answer to `CONNECT` accepted.
 const MAX_ANSWER: usize = 32;
@@ -257,6 +257,24 @@ impl AgentClient {
         self.hello_rtt
     }
 
+    /// Says `Hello` again (allowed at any time) and returns the round trip: a latency probe.
+    pub fn ping(&mut self) -> Result<Duration, AgentError> {
+        let t = Instant::now();
+        match self.call(
+            "Hello",
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )? {
+            Response::Hello { .. } => Ok(t.elapsed()),
+            other => Err(AgentError::Unexpected {
+                request: "Hello",
+                id: self.next_id - 1,
+                response: Box::new(other),
+            }),
+        }
+    }
+
     /// Asks the agent to power the VM off; returns once the agent has said `Ok`.
     pub fn shutdown(&mut self) -> Result<(), AgentError> {
         match self.call("Shutdown", Request::Shutdown)? {
@@ -271,7 +289,7 @@ impl AgentClient {
 
     /// Sends one request and reads its answer; an `Error` answer becomes
     /// [`AgentError::Refused`] (or [`AgentError::VersionMismatch`]).
-    fn call(&mut self, name: &'static str, request: Request) -> Result<Response, AgentError> {
+    pub fn call(&mut self, name: &'static str, request: Request) -> Result<Response, AgentError> {
         let id = self.next_id;
         self.next_id += 1;
         write_frame(&mut self.stream, &RequestEnvelope { id, request })?;
@@ -503,6 +521,7 @@ mod tests {
         let (s, t) = fake_agent(PROTOCOL_VERSION);
         let mut c = AgentClient::hello(s, Duration::from_secs(2)).unwrap();
         assert_eq!(c.agent_version(), "9.9.9");
+        assert!(c.ping().unwrap() < Duration::from_secs(2));
         c.shutdown().unwrap();
         drop(c);
         t.join().unwrap();

@@ -25,7 +25,7 @@ use vm_memory::{Bytes, GuestMemory};
 
 use super::backend::{TxPacket, VsockBackend};
 use super::metrics::VsockMetrics;
-use super::packet::{gather_tx, rx_capacity, write_rx, PKT_HEADER_SIZE, TX_BUF_SIZE};
+use super::packet::{gather_tx, rx_capacity, write_rx, Gathered, PKT_HEADER_SIZE, TX_BUF_SIZE};
 use super::{EVENT_TRANSPORT_RESET, MAX_PKT_DATA};
 
 /// A queue failed in a way the device cannot work around (the guest broke the ring itself).
@@ -137,7 +137,10 @@ impl<B: VsockBackend> VsockDevice<B> {
                     continue;
                 }
                 match gather_tx(chain, &mut self.tx_buf) {
-                    Ok(hdr) => {
+                    Ok(Gathered { hdr, data_descs }) => {
+                        if data_descs > 1 {
+                            VsockMetrics::inc(&self.metrics.tx_multi_desc);
+                        }
                         let data =
                             &self.tx_buf[PKT_HEADER_SIZE..PKT_HEADER_SIZE + hdr.len as usize];
                         self.backend.send_pkt(&TxPacket { hdr, data });

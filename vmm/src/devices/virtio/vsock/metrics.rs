@@ -36,6 +36,8 @@ metrics! {
     tx_packets,
     /// Payload bytes the guest sent.
     tx_bytes,
+    /// Packets whose payload spanned several descriptors (Linux 6.12 above ~32 KiB).
+    tx_multi_desc,
     /// Packets given to the guest.
     rx_packets,
     /// Payload bytes given to the guest.

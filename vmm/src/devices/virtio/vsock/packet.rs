@@ -147,13 +147,22 @@ impl Header {
     }
 }
 
+/// A TX packet gathered by [`gather_tx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gathered {
+    /// The header.
+    pub hdr: Header,
+    /// How many descriptors held payload bytes (more than one: the 6.12 nonlinear case).
+    pub data_descs: usize,
+}
+
 /// Gathers the packet in a TX chain into `buf` (at least [`TX_BUF_SIZE`] bytes).
 ///
 /// Returns the header; the payload is `buf[PKT_HEADER_SIZE..PKT_HEADER_SIZE + len]`.
 /// Descriptors after the payload's last byte are ignored. The chain iterator of
 /// `virtio-queue` already ends looping and out-of-table chains after at most the queue size
 /// descriptors.
-pub fn gather_tx<M>(chain: DescriptorChain<M>, buf: &mut [u8]) -> Result<Header, PacketError>
+pub fn gather_tx<M>(chain: DescriptorChain<M>, buf: &mut [u8]) -> Result<Gathered, PacketError>
 where
     M: Deref + Clone,
     M::Target: GuestMemory,
@@ -165,12 +174,14 @@ where
     let mut need = PKT_HEADER_SIZE;
     let mut have = 0usize;
     let mut hdr: Option<Header> = None;
+    let mut data_descs = 0;
     for desc in chain.clone() {
         if desc.is_write_only() {
             return Err(PacketError::WriteOnlyInTx);
         }
         let mut offset = 0u64;
         let mut left = desc.len() as usize;
+        let mut holds_data = false;
         while left > 0 && have < need {
             let n = left.min(need - have);
             let addr = desc.addr().checked_add(offset).ok_or(PacketError::Memory(
@@ -178,6 +189,7 @@ where
             ))?;
             mem.read_slice(&mut buf[have..have + n], addr)
                 .map_err(PacketError::Memory)?;
+            holds_data |= have + n > PKT_HEADER_SIZE;
             have += n;
             left -= n;
             offset += n as u64;
@@ -192,6 +204,7 @@ where
                 hdr = Some(h);
             }
         }
+        data_descs += usize::from(holds_data);
         if hdr.is_some() && have == need {
             break;
         }
@@ -202,7 +215,7 @@ where
             hdr: h,
             got: have - PKT_HEADER_SIZE,
         }),
-        Some(h) => Ok(h),
+        Some(hdr) => Ok(Gathered { hdr, data_descs }),
     }
 }
 
@@ -323,7 +336,13 @@ mod tests {
         let chain = q.pop_descriptor_chain(&mem).unwrap();
         let mut buf = vec![0u8; TX_BUF_SIZE];
         let got = gather_tx(chain, &mut buf).unwrap();
-        assert_eq!(got, h);
+        assert_eq!(
+            got,
+            Gathered {
+                hdr: h,
+                data_descs: 3
+            }
+        );
         assert_eq!(
             &buf[PKT_HEADER_SIZE..PKT_HEADER_SIZE + data.len()],
             &data[..]
@@ -341,7 +360,13 @@ mod tests {
         let mut q = tq.queue();
         let chain = q.pop_descriptor_chain(&mem).unwrap();
         let mut buf = vec![0u8; TX_BUF_SIZE];
-        assert_eq!(gather_tx(chain, &mut buf).unwrap(), h);
+        assert_eq!(
+            gather_tx(chain, &mut buf).unwrap(),
+            Gathered {
+                hdr: h,
+                data_descs: 1
+            }
+        );
         assert_eq!(&buf[PKT_HEADER_SIZE..PKT_HEADER_SIZE + 5], b"hello");
     }
 

@@ -31,6 +31,7 @@ fn tx_64k_split_over_three_descriptors_reaches_the_host_intact() {
     assert_eq!(h.tx_outstanding(), 0);
     let m = h.metrics();
     assert_eq!((m.tx_bytes, m.tx_malformed, m.tx_bad_len), (65536, 0, 0));
+    assert_eq!(m.tx_multi_desc, 1);
 }
 
 #[test]
