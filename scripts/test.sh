@@ -20,5 +20,21 @@ cargo clippy --quiet --workspace --all-targets -- -D warnings
 step "unit tier (no root, no VM)"
 cargo test --quiet --workspace
 
+step "fuzz targets (15 s each)"
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "the fuzz step needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz)" >&2
+  exit 1
+fi
+for target in $(cd fuzz && cargo +nightly fuzz list); do
+  log=$(mktemp)
+  if ! (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time=15) >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "fuzz target $target failed (reproducer under fuzz/artifacts/$target)" >&2
+    exit 1
+  fi
+  echo "fuzz $target: $(grep -Eo 'Done [0-9]+ runs in [0-9]+ second' "$log")" >&2
+  rm -f "$log"
+done
+
 step "host-integration and VM tiers (root, QEMU)"
 cargo test --quiet -p moat-tests -- --ignored --test-threads=1 --nocapture

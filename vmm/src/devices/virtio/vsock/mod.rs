@@ -53,8 +53,8 @@ pub mod muxer;
 pub mod packet;
 pub mod vhost_user;
 
-#[cfg(test)]
-pub(crate) mod test_utils;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 #[cfg(test)]
 mod tests;
 

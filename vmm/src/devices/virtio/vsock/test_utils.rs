@@ -22,18 +22,19 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::packet::{Header, PKT_HEADER_SIZE};
 
 /// Guest memory for tests: 64 MiB at address 0.
-pub(crate) type GuestMem = GuestMemoryMmap<()>;
+pub type GuestMem = GuestMemoryMmap<()>;
 
 /// Makes the test guest memory.
-pub(crate) fn guest_mem() -> GuestMem {
+pub fn guest_mem() -> GuestMem {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).expect("test memory")
 }
 
 /// Queue size used by the tests.
-pub(crate) const TEST_QUEUE_SIZE: u16 = 256;
+pub const TEST_QUEUE_SIZE: u16 = 256;
 
 /// One virtqueue as the guest driver sees it.
-pub(crate) struct TestQueue<'a> {
+#[allow(missing_debug_implementations)] // MockSplitQueue has no Debug.
+pub struct TestQueue<'a> {
     mem: &'a GuestMem,
     mock: MockSplitQueue<'a, GuestMem>,
     size: u16,
@@ -50,13 +51,13 @@ pub(crate) struct TestQueue<'a> {
 
 impl<'a> TestQueue<'a> {
     /// A queue at address 0 with buffers at 16 MiB.
-    pub(crate) fn new(mem: &'a GuestMem) -> Self {
+    pub fn new(mem: &'a GuestMem) -> Self {
         Self::create(mem, 0, 16 << 20, 8 << 20)
     }
 
     /// A queue whose rings start at `base` and whose buffers live in
     /// `[data_start, data_start + data_len)`.
-    pub(crate) fn create(mem: &'a GuestMem, base: u64, data_start: u64, data_len: u64) -> Self {
+    pub fn create(mem: &'a GuestMem, base: u64, data_start: u64, data_len: u64) -> Self {
         let mock = MockSplitQueue::create(mem, GuestAddress(base), TEST_QUEUE_SIZE);
         // flags, idx, ring, used_event; then the used ring, 4-aligned, with a margin.
         let avail_end = mock.avail_addr().0 + 4 + 2 * u64::from(TEST_QUEUE_SIZE) + 2;
@@ -79,7 +80,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// The device's view of this queue (ready, addresses set).
-    pub(crate) fn queue(&self) -> Queue {
+    pub fn queue(&self) -> Queue {
         let mut q: Queue = self.mock.create_queue().expect("mock queue");
         q.try_set_used_ring_address(GuestAddress(self.used_addr))
             .expect("used ring address");
@@ -96,8 +97,13 @@ impl<'a> TestQueue<'a> {
         a
     }
 
+    /// How many more descriptors can be added before the device must consume some.
+    pub fn room(&self) -> usize {
+        (self.size as usize).saturating_sub(self.outstanding.len())
+    }
+
     /// Adds a chain of `(addr, len, write_only)` descriptors; returns the head index.
-    pub(crate) fn add_descs(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
+    pub fn add_descs(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
         assert!(
             self.outstanding.len() + descs.len() <= self.size as usize,
             "test queue full: let the device consume first"
@@ -129,7 +135,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Makes `head` available (also used for hand-made descriptor tables).
-    pub(crate) fn publish(&mut self, head: u16) {
+    pub fn publish(&mut self, head: u16) {
         self.mock
             .avail()
             .ring()
@@ -142,7 +148,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Writes one raw descriptor without publishing anything (for looping chains).
-    pub(crate) fn store_desc(&mut self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    pub fn store_desc(&mut self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
         self.mock
             .desc_table()
             .store(
@@ -153,7 +159,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Adds a chain of zero-filled descriptors `(len, write_only)`.
-    pub(crate) fn add_chain_raw(&mut self, descs: &[(u32, bool)]) -> u16 {
+    pub fn add_chain_raw(&mut self, descs: &[(u32, bool)]) -> u16 {
         let d: Vec<(u64, u32, bool)> = descs
             .iter()
             .map(|(len, w)| (self.alloc_data(*len), *len, *w))
@@ -162,7 +168,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Adds a TX chain: one descriptor holding `first`, then one per piece.
-    pub(crate) fn add_tx_split(&mut self, first: &[u8], pieces: &[&[u8]]) -> u16 {
+    pub fn add_tx_split(&mut self, first: &[u8], pieces: &[&[u8]]) -> u16 {
         let mut d = Vec::new();
         for part in std::iter::once(first).chain(pieces.iter().copied()) {
             let addr = self.alloc_data(part.len() as u32);
@@ -175,7 +181,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Adds a TX packet the way Linux does for small packets: header, then data if any.
-    pub(crate) fn add_tx(&mut self, hdr: &Header, data: &[u8]) -> u16 {
+    pub fn add_tx(&mut self, hdr: &Header, data: &[u8]) -> u16 {
         if data.is_empty() {
             self.add_tx_split(&hdr.encode(), &[])
         } else {
@@ -184,20 +190,20 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Adds an RX buffer chain of write-only descriptors of the given lengths.
-    pub(crate) fn add_rx(&mut self, lens: &[u32]) -> u16 {
+    pub fn add_rx(&mut self, lens: &[u32]) -> u16 {
         let d: Vec<(u32, bool)> = lens.iter().map(|l| (*l, true)).collect();
         self.add_chain_raw(&d)
     }
 
     /// How many entries the device has put in the used ring, ever (wrapping).
-    pub(crate) fn used_idx(&self) -> u16 {
+    pub fn used_idx(&self) -> u16 {
         self.mem
             .read_obj::<u16>(GuestAddress(self.used_addr + 2))
             .expect("used idx")
     }
 
     /// The used-ring entry `i` (0-based, wrapping): (head, len).
-    pub(crate) fn used_elem(&self, i: u16) -> (u16, u32) {
+    pub fn used_elem(&self, i: u16) -> (u16, u32) {
         let at = self.used_addr + 4 + 8 * u64::from(i % self.size);
         let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
         let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
@@ -205,7 +211,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Returns the used entries not yet returned by this method, and frees their slots.
-    pub(crate) fn take_used(&mut self) -> Vec<(u16, u32)> {
+    pub fn take_used(&mut self) -> Vec<(u16, u32)> {
         let mut out = Vec::new();
         while self.used_seen != self.used_idx() {
             let e = self.used_elem(self.used_seen);
@@ -222,7 +228,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Reads the packet the device wrote into the RX chain with head `head`, `len` bytes.
-    pub(crate) fn read_rx(&self, head: u16, len: u32) -> (Header, Vec<u8>) {
+    pub fn read_rx(&self, head: u16, len: u32) -> (Header, Vec<u8>) {
         let mut bytes = Vec::new();
         let mut idx = head;
         loop {
@@ -248,7 +254,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// Reads `len` bytes at `addr` (for the event queue).
-    pub(crate) fn read_mem(&self, addr: u64, len: usize) -> Vec<u8> {
+    pub fn read_mem(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
         self.mem
             .read_slice(&mut buf, GuestAddress(addr))
@@ -257,7 +263,7 @@ impl<'a> TestQueue<'a> {
     }
 
     /// The address of descriptor `idx`'s buffer.
-    pub(crate) fn desc_addr(&self, idx: u16) -> u64 {
+    pub fn desc_addr(&self, idx: u16) -> u64 {
         SplitDescriptor::from(self.mock.desc_table().load(idx).expect("desc"))
             .addr()
             .0
