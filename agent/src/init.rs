@@ -171,6 +171,75 @@ fn controller_request(available: &str) -> String {
         .join(" ")
 }
 
+/// Set on the agent's re-exec after [`switch_root`], so that it happens once.
+const SWITCHED_ENV: &str = "MOAT_AGENT_SWITCHED";
+
+/// Whether the agent still runs on the initramfs's own root.
+pub fn on_initramfs() -> bool {
+    std::env::var_os(SWITCHED_ENV).is_none()
+}
+
+/// Moves the agent off the initramfs root onto a tmpfs, then re-executes it there.
+///
+/// `pivot_root(2)` refuses to work when the caller's root is the initial rootfs, and every
+/// container's setup uses it. So, as `switch_root` does: mount a tmpfs, copy `/init` into it,
+/// delete the initramfs copy (freeing its memory), move the tmpfs over `/`, chroot into it,
+/// and exec the new `/init`. Returns only on failure.
+pub fn switch_root() -> InitError {
+    const NEW: &str = "/newroot";
+    let step = || -> Result<std::convert::Infallible, InitError> {
+        let create = |path: &'static str| move |source| InitError::Create { path, source };
+        fs::create_dir_all(NEW).map_err(create(NEW))?;
+        mount(
+            Some("tmpfs"),
+            NEW,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .map_err(|source| InitError::Mount {
+            target: NEW,
+            fstype: "tmpfs",
+            source,
+        })?;
+        fs::copy("/init", "/newroot/init").map_err(create("/newroot/init"))?;
+        for d in INITRAMFS_DIRS {
+            fs::create_dir_all(Path::new(NEW).join(d)).map_err(create("/newroot/<dir>"))?;
+        }
+        let _ = fs::remove_file("/init");
+        nix::unistd::chdir(NEW).map_err(|e| InitError::Create {
+            path: NEW,
+            source: e.into(),
+        })?;
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|source| {
+            InitError::Mount {
+                target: "/",
+                fstype: "tmpfs (move)",
+                source,
+            }
+        })?;
+        nix::unistd::chroot(".").map_err(|e| InitError::Create {
+            path: "/ (chroot)",
+            source: e.into(),
+        })?;
+        nix::unistd::chdir("/").map_err(|e| InitError::Create {
+            path: "/",
+            source: e.into(),
+        })?;
+        let init = std::ffi::CString::new("/init").expect("no NUL");
+        let env = std::ffi::CString::new(format!("{SWITCHED_ENV}=1")).expect("no NUL");
+        let e = nix::unistd::execve(&init, &[&init], &[&env]).unwrap_err();
+        Err(InitError::Create {
+            path: "/init (re-exec)",
+            source: e.into(),
+        })
+    };
+    match step() {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
 /// Mounts the sandbox's virtio-fs share `tag` at `dir` (created if needed).
 pub fn mount_share(tag: &str, dir: &'static str) -> Result<(), InitError> {
     std::fs::create_dir_all(dir).map_err(|source| InitError::Create { path: dir, source })?;

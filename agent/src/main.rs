@@ -23,6 +23,9 @@ fn main() {
     // A panic in any thread must end the VM with a reason, not leave a guest without its agent.
     std::panic::set_hook(Box::new(|p| init::fatal(&format!("panic: {p}"))));
 
+    if init::on_initramfs() {
+        init::fatal(&init::switch_root().to_string());
+    }
     if let Err(e) = init::mount_base() {
         init::fatal(&e.to_string());
     }

@@ -112,6 +112,16 @@ impl VsockVm {
         workdir: &Path,
         cmdline_extra: Vec<String>,
     ) -> Result<Self, BootError> {
+        Self::start_with_fs(paths, workdir, cmdline_extra, None)
+    }
+
+    /// As [`Self::start`], with a vhost-user-fs device: a virtiofsd socket and its tag.
+    pub fn start_with_fs(
+        paths: &GuestPaths,
+        workdir: &Path,
+        cmdline_extra: Vec<String>,
+        fs: Option<(PathBuf, String)>,
+    ) -> Result<Self, BootError> {
         let uds = workdir.join("vsock.sock");
         let vu = workdir.join("vhost-vsock.sock");
         let backend =
@@ -126,7 +136,7 @@ impl VsockVm {
             console_log: workdir.join("console.log"),
             cmdline_extra,
             vhost_user_vsock: Some(vu),
-            vhost_user_fs: None,
+            vhost_user_fs: fs,
         };
         let vm = QemuVm::spawn(&cfg)?;
         Ok(Self { vm, backend, uds })

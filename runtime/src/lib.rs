@@ -11,4 +11,5 @@ pub mod host;
 pub mod initramfs;
 pub mod paths;
 pub mod qemu;
+pub mod virtiofsd;
 pub mod vsock;

@@ -307,6 +307,19 @@ impl AgentClient {
             r => Ok(r),
         }
     }
+
+    /// Reads the next pushed event on a connection that sent `SubscribeEvents`.
+    pub fn read_event(&mut self) -> Result<moat_protocol::Event, AgentError> {
+        let reply: ResponseEnvelope = read_frame(&mut self.stream)?;
+        match reply.response {
+            Response::Event(e) => Ok(e),
+            other => Err(AgentError::Unexpected {
+                request: "SubscribeEvents",
+                id: reply.id,
+                response: Box::new(other),
+            }),
+        }
+    }
 }
 
 /// moat's vhost-user vsock backend for one QEMU, on its own thread.

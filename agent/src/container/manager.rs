@@ -258,7 +258,7 @@ impl Manager {
         let size = process
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
-        let io = match self.new_io(req.stdio, terminal, size) {
+        let mut io = match self.new_io(req.stdio, terminal, size) {
             Ok(io) => io,
             Err(e) => {
                 cleanup(&cgroup);
@@ -300,6 +300,8 @@ impl Manager {
                 return Err(invalid(e.to_string()));
             }
         };
+        drop(launch);
+        io.close_child_ends();
         let pid = launched.pid;
         self.reaper.watch(pid as i32);
         let started = ProcessStarted {
@@ -468,7 +470,7 @@ impl Manager {
             .process
             .console_size()
             .map(|b| (b.height() as u16, b.width() as u16));
-        let io = self
+        let mut io = self
             .new_io(req.stdio, terminal, size)
             .map_err(|e| internal(e.to_string()))?;
         let types: Vec<LinuxNamespaceType> = guard
@@ -500,6 +502,8 @@ impl Manager {
         };
         let launched =
             process::launch(self.sys.as_ref(), &launch).map_err(|e| invalid(e.to_string()))?;
+        drop(launch);
+        io.close_child_ends();
         let pid = launched.pid;
         self.reaper.watch(pid as i32);
         launched.start().map_err(|e| invalid(e.to_string()))?;

@@ -46,8 +46,10 @@ fn setup(what: &'static str) -> impl FnOnce(nix::Error) -> StdioError {
 /// The guest side of a process's stdio.
 #[derive(Debug)]
 pub struct ProcessIo {
-    /// What the child gets as 0, 1, 2 (closed in the agent once the child has them).
-    pub child: [OwnedFd; 3],
+    /// What the child gets as 0, 1, 2. The agent must close them ([`Self::close_child_ends`])
+    /// once the child holds its copies: a pipe reaches end of file, and a pty master reads
+    /// EIO, only when no writer or slave is left open anywhere.
+    child: Vec<OwnedFd>,
     /// The pty slave's fd among `child`, when there is a terminal.
     pub tty_slave: Option<RawFd>,
     /// The announced ports.
@@ -96,7 +98,7 @@ impl ProcessIo {
             let _ = raw;
             let tty_slave = Some(child[2].as_raw_fd());
             return Ok(Self {
-                child,
+                child: child.into(),
                 tty_slave,
                 ports: StdioPorts {
                     tty: Some(port),
@@ -126,7 +128,7 @@ impl ProcessIo {
         let stdout_fd = out(req.stdout, &mut ports.stdout)?;
         let stderr_fd = out(req.stderr, &mut ports.stderr)?;
         Ok(Self {
-            child: [stdin_fd, stdout_fd, stderr_fd],
+            child: vec![stdin_fd, stdout_fd, stderr_fd],
             tty_slave: None,
             ports,
             master: None,
@@ -146,7 +148,7 @@ impl ProcessIo {
             })
         };
         Ok(Self {
-            child: [dup(0)?, dup(1)?, dup(2)?],
+            child: vec![dup(0)?, dup(1)?, dup(2)?],
             tty_slave: None,
             ports: StdioPorts::default(),
             master: None,
@@ -154,7 +156,13 @@ impl ProcessIo {
         })
     }
 
-    /// The raw fds for the child.
+    /// Closes the agent's copies of the child's ends (after the child has been forked).
+    pub fn close_child_ends(&mut self) {
+        self.child.clear();
+        self.tty_slave = None;
+    }
+
+    /// The raw fds for the child (meaningless after [`Self::close_child_ends`]).
     pub fn child_raw(&self) -> [RawFd; 3] {
         [
             self.child[0].as_raw_fd(),
