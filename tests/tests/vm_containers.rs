@@ -397,3 +397,101 @@ fn malformed_specs_name_the_field_and_leave_nothing() {
     assert_eq!(sb.wait("ok", None), 0);
     sb.shutdown();
 }
+
+#[test]
+#[ignore = "VM tier: needs QEMU, virtiofsd and the built guest; run by scripts/test.sh"]
+fn output_is_kept_until_read_and_a_slow_reader_applies_back_pressure() {
+    let mut sb = Sandbox::boot();
+    let out_only = StdioRequest {
+        stdin: false,
+        stdout: true,
+        stderr: false,
+    };
+    // Writes and exits before the host has connected: nothing may be lost.
+    let s = sb.create(
+        "fast",
+        spec(&["sh", "-c", "echo written-before-connect"]),
+        out_only,
+    );
+    sb.ok(Request::StartContainer { id: "fast".into() });
+    assert_eq!(sb.wait("fast", None), 0);
+    assert_eq!(
+        read_all(sb.stream(s.stdio.stdout.unwrap())),
+        "written-before-connect\n"
+    );
+
+    // 32 MiB of output and nobody reading: the writer must block, not the agent buffer it.
+    let s = sb.create(
+        "slow",
+        spec(&["head", "-c", "33554432", "/dev/zero"]),
+        out_only,
+    );
+    let out = sb.stream(s.stdio.stdout.unwrap());
+    sb.ok(Request::StartContainer { id: "slow".into() });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sb.status("slow"),
+        ContainerStatus::Running,
+        "the writer is held back while the host does not read"
+    );
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut out = out;
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|b| *b == 0));
+        total += n;
+    }
+    assert_eq!(total, 33_554_432);
+    assert_eq!(sb.wait("slow", None), 0);
+    sb.shutdown();
+}
+
+#[test]
+#[ignore = "VM tier: needs QEMU, virtiofsd and the built guest; run by scripts/test.sh"]
+fn terminal_processes_get_a_pty_with_size_and_resize() {
+    let mut sb = Sandbox::boot();
+    let mut s = spec(&["sh", "-c", "stty size; read x; stty size; echo got:$x"]);
+    let mut p = s.process().clone().unwrap();
+    p.set_terminal(Some(true));
+    p.set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .height(30u64)
+            .width(100u64)
+            .build()
+            .unwrap(),
+    ));
+    s.set_process(Some(p));
+    let st = sb.create("tty", s, StdioRequest::default());
+    let port = st
+        .stdio
+        .tty
+        .expect("a terminal process announces one tty stream");
+    assert!(st.stdio.stdout.is_none());
+    let mut tty = sb.stream(port);
+    sb.ok(Request::StartContainer { id: "tty".into() });
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("30 100") {
+        let n = tty.read(&mut buf).unwrap();
+        assert!(n > 0, "tty closed early: {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    sb.ok(Request::ResizeTty {
+        process: ProcessRef {
+            id: "tty".into(),
+            exec_id: None,
+        },
+        rows: 40,
+        cols: 120,
+    });
+    tty.write_all(b"abc\n").unwrap();
+    let rest = read_all(tty);
+    assert!(rest.contains("40 120"), "{rest:?}");
+    assert!(rest.contains("got:abc"), "{rest:?}");
+    assert_eq!(sb.wait("tty", None), 0);
+    sb.shutdown();
+}
