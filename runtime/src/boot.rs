@@ -122,6 +122,18 @@ impl VsockVm {
         cmdline_extra: Vec<String>,
         fs: Option<(PathBuf, String)>,
     ) -> Result<Self, BootError> {
+        Self::start_with_fs_sized(paths, workdir, cmdline_extra, fs, 1, 256)
+    }
+
+    /// As [`Self::start_with_fs`], with the VM's vCPUs and memory.
+    pub fn start_with_fs_sized(
+        paths: &GuestPaths,
+        workdir: &Path,
+        cmdline_extra: Vec<String>,
+        fs: Option<(PathBuf, String)>,
+        vcpus: u32,
+        memory_mib: u32,
+    ) -> Result<Self, BootError> {
         let uds = workdir.join("vsock.sock");
         let vu = workdir.join("vhost-vsock.sock");
         let backend =
@@ -131,8 +143,8 @@ impl VsockVm {
             kernel: paths.kernel.clone(),
             initramfs: paths.initramfs.clone(),
             accel: Accel::for_host(host::detect_kvm()),
-            vcpus: 1,
-            memory_mib: 256,
+            vcpus,
+            memory_mib,
             console_log: workdir.join("console.log"),
             cmdline_extra,
             vhost_user_vsock: Some(vu),

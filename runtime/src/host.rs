@@ -61,6 +61,20 @@ pub fn classify_kvm(dev_kvm: bool, module_loaded: impl Fn(&str) -> bool, cpuinfo
     }
 }
 
+/// Makes the command's process get SIGKILL when the thread that started it exits, so that a
+/// sandbox process that dies leaves no QEMU or virtiofsd behind.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes one async-signal-safe
+    // system call (prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// The host TSC frequency in kHz, from `/proc/cpuinfo` ("cpu MHz" of the first CPU).
 pub fn tsc_khz() -> Option<u64> {
     parse_cpu_khz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)

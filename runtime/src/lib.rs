@@ -7,9 +7,13 @@
 //! - [`vsock`]: host↔guest vsock: the hybrid-socket client, the agent client, the backend.
 
 pub mod boot;
+pub mod cli;
+pub mod hooks;
 pub mod host;
 pub mod initramfs;
 pub mod paths;
 pub mod qemu;
+pub mod sandbox;
+pub mod state;
 pub mod virtiofsd;
 pub mod vsock;

@@ -209,16 +209,15 @@ impl QemuVm {
         }
         File::create(&cfg.console_log)?;
         let started = Instant::now();
-        let child = cfg
-            .command()
-            .stdin(Stdio::null())
+        let mut cmd = cfg.command();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| QemuError::Spawn {
-                qemu: cfg.qemu.clone(),
-                source,
-            })?;
+            .stderr(Stdio::piped());
+        crate::host::die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|source| QemuError::Spawn {
+            qemu: cfg.qemu.clone(),
+            source,
+        })?;
         Ok(Self {
             child,
             console: ConsoleReader::new(&cfg.console_log),

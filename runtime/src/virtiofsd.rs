@@ -63,7 +63,9 @@ impl Virtiofsd {
             bin: bin.clone(),
             source,
         })?;
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        crate::host::die_with_parent(&mut cmd);
+        let mut child = cmd
             .arg("--shared-dir")
             .arg(dir)
             .arg("--socket-path")

@@ -308,6 +308,11 @@ impl AgentClient {
         }
     }
 
+    /// Changes the per-request timeout (`None`: wait forever, for `WaitProcess`).
+    pub fn set_timeout(&mut self, t: Option<Duration>) -> Result<(), AgentError> {
+        self.stream.set_read_timeout(t).map_err(AgentError::Io)
+    }
+
     /// Reads the next pushed event on a connection that sent `SubscribeEvents`.
     pub fn read_event(&mut self) -> Result<moat_protocol::Event, AgentError> {
         let reply: ResponseEnvelope = read_frame(&mut self.stream)?;
@@ -568,6 +573,27 @@ mod tests {
         let (host, _guest) = UnixStream::pair().unwrap();
         let e = AgentClient::hello(host, Duration::from_millis(50)).unwrap_err();
         assert!(matches!(&e, AgentError::Frame(f) if f.is_timeout()), "{e}");
+    }
+
+    #[test]
+    fn subcommand_serves_one_frontend_and_returns_when_it_leaves() {
+        let d = dir("serve");
+        let (vu, uds) = (d.join("vu.sock"), d.join("v.sock"));
+        let t = {
+            let (vu, uds) = (vu.clone(), uds.clone());
+            std::thread::spawn(move || serve_vhost_user_vsock(&vu, &uds, 3))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(vu.exists() && uds.exists()) {
+            assert!(Instant::now() < deadline, "sockets not bound");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A frontend that connects and goes away, as QEMU does when it exits.
+        drop(UnixStream::connect(&vu).unwrap());
+        let m = t.join().unwrap().unwrap();
+        assert_eq!(m.tx_packets, 0);
+        assert!(!vu.exists() && !uds.exists(), "sockets removed at exit");
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

@@ -1,0 +1,367 @@
+//! `create`, `start`, `run`, `state`, `kill`, `delete`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use moat_protocol::{ProcessRef, Request};
+use oci_spec::runtime::Spec;
+
+use super::{sandbox_alive, Ctx, Kill};
+use crate::sandbox::{self, SandboxConfig};
+use crate::state::Status;
+
+/// Filesystems the guest kernel has (guest-kernel/fragments), for checking mounts early.
+const GUEST_FILESYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "tmpfs",
+    "devtmpfs",
+    "devpts",
+    "mqueue",
+    "cgroup",
+    "cgroup2",
+    "overlay",
+    "ext4",
+    "virtiofs",
+    "fuse",
+    "ramfs",
+    "hugetlbfs",
+    "bpf",
+];
+
+/// Everything checked before a sandbox is forked, so that bad input leaves nothing behind.
+struct Prepared {
+    bundle: PathBuf,
+    spec: Spec,
+}
+
+fn prepare(id: &str, bundle: &Path) -> Result<Prepared> {
+    crate::state::validate_id(id)?;
+    let bundle = bundle
+        .canonicalize()
+        .with_context(|| format!("bundle {}: no such directory", bundle.display()))?;
+    let config = bundle.join("config.json");
+    if !config.is_file() {
+        bail!(
+            "{}: no such file (create one with `moat spec`)",
+            config.display()
+        );
+    }
+    let spec = moat_protocol::spec::load_spec(&config)?;
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| "rootfs".into());
+    let rootfs = if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    };
+    if !rootfs.is_dir() {
+        bail!(
+            "root.path: the rootfs {} does not exist or is not a directory",
+            rootfs.display()
+        );
+    }
+    moat_agent::container::spec_check::validate(&spec, &|t| GUEST_FILESYSTEMS.contains(&t))
+        .map_err(|e| anyhow!("config.json: {e}"))?;
+    if let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        moat_agent::container::seccomp::compile(sc).map_err(|e| anyhow!("config.json: {e}"))?;
+    }
+    Ok(Prepared { bundle, spec })
+}
+
+/// The guest's vCPUs and memory for a spec.
+fn vm_size(spec: &Spec) -> (u32, u32) {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let mem_limit = res
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0);
+    let memory = match mem_limit {
+        Some(l) => ((l as u64).div_ceil(1 << 20) + 128).max(192) as u32,
+        None => 256,
+    };
+    let cpu = res.and_then(|r| r.cpu().as_ref());
+    let quota_cpus = cpu
+        .and_then(|c| Some((c.quota()?, c.period()?)))
+        .filter(|(q, p)| *q > 0 && *p > 0)
+        .map(|(q, p)| (q as u64).div_ceil(p) as u32);
+    let host = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    (quota_cpus.unwrap_or(1).clamp(1, host), memory)
+}
+
+/// `moat create`: returns once the container is `created`; the sandbox's pid.
+pub fn create(ctx: &Ctx, a: &liboci_cli::Create) -> Result<u32> {
+    create_with(
+        ctx,
+        &a.container_id,
+        &a.bundle,
+        a.console_socket.clone(),
+        a.pid_file.as_deref(),
+        a.no_pivot,
+    )
+}
+
+fn create_with(
+    ctx: &Ctx,
+    id: &str,
+    bundle: &Path,
+    console_socket: Option<PathBuf>,
+    pid_file: Option<&Path>,
+    no_pivot: bool,
+) -> Result<u32> {
+    let p = prepare(id, bundle)?;
+    let paths = crate::paths::GuestPaths::from_env();
+    for (what, f) in [
+        ("guest kernel", &paths.kernel),
+        ("guest initramfs", &paths.initramfs),
+    ] {
+        if !f.is_file() {
+            bail!("{what} {} is missing: run scripts/build-guest.sh (or set MOAT_KERNEL/MOAT_INITRAMFS)", f.display());
+        }
+    }
+    let terminal = p
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|pr| pr.terminal())
+        .unwrap_or(false);
+    if let Some(cs) = &console_socket {
+        if !terminal {
+            bail!("--console-socket given but process.terminal is false");
+        }
+        if !cs.exists() {
+            bail!("--console-socket {}: no such socket", cs.display());
+        }
+    }
+    let lock = ctx.store.reserve(id)?;
+    let (vcpus, memory_mib) = vm_size(&p.spec);
+    let cfg = SandboxConfig {
+        store: ctx.store.clone(),
+        id: id.to_string(),
+        bundle: p.bundle,
+        spec: p.spec,
+        paths,
+        vcpus,
+        memory_mib,
+        console_socket,
+        no_pivot,
+    };
+    let (pid, ready) = sandbox::fork_sandbox(cfg)?;
+    match sandbox::read_ready(ready) {
+        Ok(_guest_pid) => {
+            if let Some(f) = pid_file {
+                write_pid_file(f, pid.as_raw() as u32)?;
+            }
+            drop(lock);
+            Ok(pid.as_raw() as u32)
+        }
+        Err(e) => {
+            let _ = nix::sys::wait::waitpid(pid, None);
+            let _ = ctx.store.remove(id);
+            drop(lock);
+            Err(anyhow!(e.0))
+        }
+    }
+}
+
+fn write_pid_file(path: &Path, pid: u32) -> Result<()> {
+    let tmp = path.with_extension("moat-tmp");
+    std::fs::write(&tmp, pid.to_string())
+        .with_context(|| format!("writing --pid-file {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing --pid-file {}", path.display()))
+}
+
+/// `moat start`.
+pub fn start(ctx: &Ctx, id: &str) -> Result<()> {
+    let _lock = ctx.store.lock(id)?;
+    let st = ctx.state(id)?;
+    if st.status != Status::Created {
+        bail!(
+            "cannot start a container that is {}: only a created container can be started",
+            st.status
+        );
+    }
+    let mut agent = ctx.agent(id)?;
+    agent.call("StartContainer", Request::StartContainer { id: id.into() })?;
+    let spec = moat_protocol::spec::load_spec(&st.bundle.join("config.json"))?;
+    let st = crate::state::ContainerState {
+        status: Status::Running,
+        ..st
+    };
+    // poststart hooks run in `start`, as runc runs them; a failure is reported, not fatal.
+    if let Err(e) = crate::hooks::run_host(&spec, "poststart", &st, &st.bundle) {
+        eprintln!("moat: warning: {e}");
+    }
+    Ok(())
+}
+
+/// `moat run`: create, start, and (unless detached) wait and delete.
+pub fn run(ctx: &Ctx, a: &liboci_cli::Run) -> Result<i32> {
+    let pid = create_with(
+        ctx,
+        &a.container_id,
+        &a.bundle,
+        a.console_socket.clone(),
+        a.pid_file.as_deref(),
+        a.no_pivot,
+    )?;
+    if let Err(e) = start(ctx, &a.container_id) {
+        let _ = delete(ctx, &a.container_id, true);
+        return Err(e);
+    }
+    if a.detach {
+        return Ok(0);
+    }
+    let status = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
+        Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+        _ => 255,
+    };
+    if !a.keep {
+        delete(ctx, &a.container_id, true)?;
+    }
+    Ok(status)
+}
+
+/// `moat state`: the OCI state JSON.
+pub fn state(ctx: &Ctx, id: &str) -> Result<()> {
+    let st = ctx.state(id)?;
+    println!("{}", serde_json::to_string_pretty(&st)?);
+    Ok(())
+}
+
+/// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|sig| sig as i32)
+            .map_err(|_| anyhow!("unknown signal {s:?}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| anyhow!("unknown signal {s:?}"))
+}
+
+/// `moat kill`.
+pub fn kill(ctx: &Ctx, a: &Kill) -> Result<()> {
+    let signal = parse_signal(&a.signal)?;
+    let st = ctx.state(&a.container_id)?;
+    if !matches!(
+        st.status,
+        Status::Created | Status::Running | Status::Paused
+    ) {
+        bail!(
+            "container {:?} is {}: cannot send it a signal",
+            a.container_id,
+            st.status
+        );
+    }
+    let mut agent = ctx.agent(&a.container_id)?;
+    let process = ProcessRef {
+        id: a.container_id.clone(),
+        exec_id: None,
+    };
+    agent.call(
+        "SignalProcess",
+        Request::SignalProcess {
+            process,
+            signal,
+            all: a.all,
+        },
+    )?;
+    Ok(())
+}
+
+/// `moat delete`: stops the VM if needed and removes every trace.
+pub fn delete(ctx: &Ctx, id: &str, force: bool) -> Result<()> {
+    let lock = ctx.store.lock(id)?;
+    let st = ctx.state(id)?;
+    if matches!(st.status, Status::Running | Status::Paused) && !force {
+        bail!(
+            "cannot delete container {id} that is not stopped: {} (use --force)",
+            st.status
+        );
+    }
+    let pid = ctx.store.load(id)?.pid;
+    if sandbox_alive(pid) {
+        // Ask the guest to go away; the sandbox process then tears everything down.
+        if let Ok(mut agent) = ctx.agent(id) {
+            let _ = agent.call(
+                "DeleteContainer",
+                Request::DeleteContainer {
+                    id: id.into(),
+                    force: true,
+                },
+            );
+            let _ = agent.call("Shutdown", Request::Shutdown);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sandbox_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if sandbox_alive(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sandbox_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    if let Ok(spec) = moat_protocol::spec::load_spec(&st.bundle.join("config.json")) {
+        if let Err(e) = crate::hooks::run_host(&spec, "poststop", &st, &st.bundle) {
+            eprintln!("moat: warning: {e}");
+        }
+    }
+    drop(lock);
+    ctx.store.remove(id)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("TERM").unwrap(), 15);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), 9);
+        assert_eq!(parse_signal("sigusr1").unwrap(), 10);
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert!(parse_signal("SIGFOO").is_err());
+        assert!(parse_signal("999").is_err());
+    }
+
+    #[test]
+    fn vm_size_follows_the_spec() {
+        let mut s = Spec::default();
+        assert_eq!(vm_size(&s), (1, 256));
+        let mut linux = s.linux().clone().unwrap();
+        let mem = oci_spec::runtime::LinuxMemoryBuilder::default()
+            .limit(512i64 << 20)
+            .build()
+            .unwrap();
+        linux.set_resources(Some(
+            oci_spec::runtime::LinuxResourcesBuilder::default()
+                .memory(mem)
+                .build()
+                .unwrap(),
+        ));
+        s.set_linux(Some(linux));
+        assert_eq!(vm_size(&s).1, 640);
+    }
+}
