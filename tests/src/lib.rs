@@ -29,3 +29,6 @@ pub fn guest_paths() -> GuestPaths {
     }
     p
 }
+
+pub mod bundle;
+pub mod host;
