@@ -147,6 +147,17 @@ impl InitSetup for SpecSetup<'_> {
         rootfs::prepare_rootfs(sys, self.spec, self.rootfs).map_err(|e| e.to_string())?;
         self.hooks("createContainer")?;
         rootfs::pivot_root(sys, self.rootfs).map_err(|e| e.to_string())?;
+        // runc creates a missing cwd (0755) before the root may become read-only.
+        if let Some(cwd) = self.spec.process().as_ref().map(|p| p.cwd()) {
+            if !cwd.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(cwd)
+                    .map_err(|e| format!("process.cwd: creating {}: {e}", cwd.display()))?;
+            }
+        }
         if let Some(h) = self.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
             sys.sethostname(h).map_err(|e| format!("hostname: {e}"))?;
         }

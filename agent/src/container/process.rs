@@ -31,6 +31,9 @@ use super::creds;
 use super::sync::{Msg, SyncChannel};
 use super::syscall::Syscall;
 
+/// How a failed `execve` (after Start, with the process's own stdio) is reported.
+const EXEC_ERROR_PREFIX: &str = "process.args[0]: exec ";
+
 /// How long a child may take to get through its setup before the agent gives up on it.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -292,8 +295,12 @@ fn intermediate(sys: &dyn Syscall, l: &Launch<'_>, mut chan: SyncChannel) -> ! {
             Ok(never) => match never {},
             Err(e) => {
                 let _ = chan.send(&Msg::Error(e.clone()));
-                // After Start, stderr is the process's own: say it there too, like runc.
-                let _ = nix::unistd::write(std::io::stderr(), format!("moat: {e}\n").as_bytes());
+                // After Start (stdio is the process's own by then), say it there too, like
+                // runc; before, the agent reports it and stderr is still the agent's.
+                if e.starts_with(EXEC_ERROR_PREFIX) {
+                    let _ =
+                        nix::unistd::write(std::io::stderr(), format!("moat: {e}\n").as_bytes());
+                }
                 // SAFETY: as above.
                 unsafe { libc::_exit(127) }
             }
@@ -392,7 +399,7 @@ fn container_process(
     }
     dup_stdio(l.stdio)?;
     let e = nix::unistd::execve(&exe_c, &args, &env).unwrap_err();
-    Err(format!("process.args[0]: exec {}: {e}", exe.display()))
+    Err(format!("{EXEC_ERROR_PREFIX}{}: {e}", exe.display()))
 }
 
 /// Signal dispositions and mask as a fresh process expects: the agent blocks SIGCHLD and

@@ -29,6 +29,10 @@ pub trait Syscall: Send + Sync {
     fn chdir(&self, path: &Path) -> SysResult<()>;
     /// chroot(2).
     fn chroot(&self, path: &Path) -> SysResult<()>;
+    /// Opens a directory (`O_DIRECTORY|O_CLOEXEC`) to return to it with [`Syscall::fchdir`].
+    fn open_dir(&self, path: &Path) -> SysResult<std::os::fd::OwnedFd>;
+    /// fchdir(2).
+    fn fchdir(&self, dir: &std::os::fd::OwnedFd) -> SysResult<()>;
     /// `mkdir -p` with `mode` for the directories it creates.
     fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()>;
     /// Creates an empty file if nothing exists at `path` (a bind mount target).
@@ -77,6 +81,17 @@ impl Syscall for LinuxSyscall {
     }
     fn chroot(&self, path: &Path) -> SysResult<()> {
         nix::unistd::chroot(path)
+    }
+    fn open_dir(&self, path: &Path) -> SysResult<std::os::fd::OwnedFd> {
+        use nix::fcntl::OFlag;
+        nix::fcntl::open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    }
+    fn fchdir(&self, dir: &std::os::fd::OwnedFd) -> SysResult<()> {
+        nix::unistd::fchdir(dir)
     }
     fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()> {
         use std::os::unix::fs::DirBuilderExt;
@@ -147,6 +162,10 @@ pub enum Call {
     Chdir(PathBuf),
     /// chroot.
     Chroot(PathBuf),
+    /// open a directory.
+    OpenDir(PathBuf),
+    /// fchdir (to the directory opened by the n-th `OpenDir`, counted from 0).
+    Fchdir(usize),
     /// mkdir -p.
     MkdirAll(PathBuf, u32),
     /// touch.
@@ -174,6 +193,8 @@ pub struct RecordingSyscall {
     calls: Mutex<Vec<Call>>,
     /// Calls for which this returns true fail with the paired errno.
     fail: Mutex<Vec<FailRule>>,
+    /// Raw fds handed out by `open_dir`, in order.
+    opened: Mutex<Vec<std::os::fd::RawFd>>,
 }
 
 impl RecordingSyscall {
@@ -237,6 +258,27 @@ impl Syscall for RecordingSyscall {
     }
     fn chroot(&self, path: &Path) -> SysResult<()> {
         self.record(Call::Chroot(path.to_path_buf()))
+    }
+    fn open_dir(&self, path: &Path) -> SysResult<std::os::fd::OwnedFd> {
+        self.record(Call::OpenDir(path.to_path_buf()))?;
+        // A real, harmless fd whose number identifies which open it was.
+        let fd = std::fs::File::open("/dev/null").map_err(errno_of)?;
+        self.opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(std::os::fd::AsRawFd::as_raw_fd(&fd));
+        Ok(fd.into())
+    }
+    fn fchdir(&self, dir: &std::os::fd::OwnedFd) -> SysResult<()> {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(dir);
+        let idx = self
+            .opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rposition(|f| *f == raw)
+            .unwrap_or(usize::MAX);
+        self.record(Call::Fchdir(idx))
     }
     fn mkdir_all(&self, path: &Path, mode: u32) -> SysResult<()> {
         self.record(Call::MkdirAll(path.to_path_buf(), mode))

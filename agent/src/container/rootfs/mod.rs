@@ -194,10 +194,18 @@ pub fn pivot_root(sys: &dyn Syscall, rootfs: &Path) -> Result<(), RootfsError> {
         let op = op.to_string();
         move |e| sys_err("root.path", op, e)
     };
+    // As runc: keep a handle on the old root, pivot with "." twice, then go back to the old
+    // root (stacked on top of the new one) so that the rslave and the unmount reach it and
+    // not the container's own mounts (whose propagation the spec chose).
+    let old_root = sys
+        .open_dir(Path::new("/"))
+        .map_err(err("open the old root"))?;
     sys.chdir(rootfs)
         .map_err(err(&format!("chdir {}", rootfs.display())))?;
     sys.pivot_root(dot, dot)
         .map_err(err(&format!("pivot_root to {}", rootfs.display())))?;
+    sys.fchdir(&old_root)
+        .map_err(err("fchdir to the old root"))?;
     sys.mount(None, dot, None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)
         .map_err(err("make the old root rslave"))?;
     sys.umount(dot, MntFlags::MNT_DETACH)

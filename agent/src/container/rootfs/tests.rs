@@ -552,8 +552,10 @@ fn pivot_root_sequence() {
     assert_eq!(
         sys.calls(),
         [
+            Call::OpenDir("/".into()),
             Call::Chdir("/run/c/rootfs".into()),
             Call::PivotRoot(dot.clone(), dot.clone()),
+            Call::Fchdir(0),
             mnt(None, &dot, None, MsFlags::MS_SLAVE | REC, None),
             Call::Umount(dot, MntFlags::MNT_DETACH),
             Call::Chdir("/".into()),
