@@ -29,6 +29,16 @@ if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-m
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
+# The fuzz step of scripts/test.sh: a nightly toolchain and cargo-fuzz.
+if ! rustup toolchain list | grep -q '^nightly'; then
+  echo "setup-host: installing the nightly toolchain (for cargo fuzz)"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "setup-host: installing cargo-fuzz"
+  cargo install --quiet --locked cargo-fuzz
+fi
+
 # virtiofsd serves each sandbox's rootfs share. Built from crates.io, cached in ~/.cargo/bin.
 if ! command -v virtiofsd >/dev/null 2>&1; then
   echo "setup-host: building virtiofsd (cargo install, a few minutes once)"

@@ -41,4 +41,4 @@ cargo build --quiet -p moat-agent
 cargo build --quiet -p moat-tests --bin moat-checker --release --target x86_64-unknown-linux-musl
 
 step "host-integration and VM tiers (root, QEMU)"
-cargo test --quiet -p moat-tests -- --ignored --test-threads=1 --nocapture
+cargo test --quiet --no-fail-fast -p moat-tests -- --ignored --test-threads=1 --nocapture
