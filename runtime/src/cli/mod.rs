@@ -28,7 +28,7 @@ pub struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
     /// Accepted for runc compatibility; moat decides by itself.
-    #[arg(long, global = true, hide = true)]
+    #[arg(long = "rootless", id = "global_rootless", hide = true)]
     rootless: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -254,5 +254,84 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32> {
             guest_cid,
         } => ops::vhost_user_vsock(&socket, &uds_path, guest_cid).map(|()| 0),
         Command::Initramfs { agent, output } => ops::initramfs(&agent, &output).map(|()| 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runc_style_invocations_parse() {
+        for args in [
+            &[
+                "moat",
+                "--root",
+                "/r",
+                "--log",
+                "/l",
+                "--log-format",
+                "json",
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/p",
+                "--console-socket",
+                "/s",
+                "id",
+            ][..],
+            &[
+                "moat",
+                "--rootless",
+                "auto",
+                "--systemd-cgroup",
+                "start",
+                "id",
+            ],
+            &["moat", "kill", "id"],
+            &["moat", "kill", "--all", "id", "KILL"],
+            &[
+                "moat",
+                "exec",
+                "-d",
+                "--pid-file",
+                "/p",
+                "-e",
+                "A=b",
+                "--cwd",
+                "/",
+                "-u",
+                "1:2",
+                "--cap",
+                "CAP_CHOWN",
+                "id",
+                "sh",
+                "-c",
+                "x",
+            ],
+            &["moat", "spec", "--rootless", "--bundle", "/b"],
+            &["moat", "run", "-d", "--bundle", "/b", "id"],
+            &["moat", "delete", "--force", "id"],
+            &["moat", "list", "--format", "json", "-q"],
+            &[
+                "moat",
+                "update",
+                "--memory",
+                "100",
+                "--pids-limit",
+                "5",
+                "id",
+            ],
+            &["moat", "events", "--stats", "--interval", "2", "id"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
     }
 }
