@@ -60,14 +60,14 @@ pub struct MuxerConfig {
 
 impl MuxerConfig {
     /// Defaults: 256 KiB per connection, 256 connections (so at most 64 MiB buffered for
-    /// slow host readers), 64 pending host streams, 5 s to connect.
+    /// slow host readers), 128 pending host streams, 5 s to connect.
     pub fn new(guest_cid: u64, uds_path: impl Into<PathBuf>) -> Self {
         Self {
             guest_cid,
             uds_path: uds_path.into(),
             conn_buf_size: 256 * 1024,
             max_connections: 256,
-            max_pending_host: 64,
+            max_pending_host: 128,
             connect_timeout: Duration::from_secs(5),
             max_orphan_rst: 128,
         }
