@@ -39,6 +39,12 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install --quiet --locked cargo-fuzz
 fi
 
+# The peer of the vsock benchmark (tests/tests/vsock_bench.rs): rust-vmm's vhost-device-vsock.
+if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+  echo "setup-host: building vhost-device-vsock (benchmark peer; cargo install, a few minutes once)"
+  cargo install --quiet --locked vhost-device-vsock
+fi
+
 # virtiofsd serves each sandbox's rootfs share. Built from crates.io, cached in ~/.cargo/bin.
 if ! command -v virtiofsd >/dev/null 2>&1; then
   echo "setup-host: building virtiofsd (cargo install, a few minutes once)"
