@@ -5,8 +5,10 @@
 //! - [`initramfs`]: the guest image builder.
 //! - [`qemu`]: the QEMU backend.
 //! - [`vsock`]: host↔guest vsock: the hybrid-socket client, the agent client, the backend.
+//! - [`shim`]: `containerd-shim-moat-v2`, one VM per pod.
 
 pub mod boot;
+pub mod bundle;
 pub mod cli;
 pub mod hooks;
 pub mod host;
@@ -14,6 +16,7 @@ pub mod initramfs;
 pub mod paths;
 pub mod qemu;
 pub mod sandbox;
+pub mod shim;
 pub mod state;
 pub mod virtiofsd;
 pub mod vsock;

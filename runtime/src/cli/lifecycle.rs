@@ -11,25 +11,6 @@ use super::{sandbox_alive, Ctx, Kill};
 use crate::sandbox::{self, SandboxConfig};
 use crate::state::Status;
 
-/// Filesystems the guest kernel has (guest-kernel/fragments), for checking mounts early.
-const GUEST_FILESYSTEMS: &[&str] = &[
-    "proc",
-    "sysfs",
-    "tmpfs",
-    "devtmpfs",
-    "devpts",
-    "mqueue",
-    "cgroup",
-    "cgroup2",
-    "overlay",
-    "ext4",
-    "virtiofs",
-    "fuse",
-    "ramfs",
-    "hugetlbfs",
-    "bpf",
-];
-
 /// Everything checked before a sandbox is forked, so that bad input leaves nothing behind.
 struct Prepared {
     bundle: PathBuf,
@@ -65,34 +46,8 @@ fn prepare(id: &str, bundle: &Path) -> Result<Prepared> {
             rootfs.display()
         );
     }
-    moat_agent::container::spec_check::validate(&spec, &|t| GUEST_FILESYSTEMS.contains(&t))
-        .map_err(|e| anyhow!("config.json: {e}"))?;
-    if let Some(sc) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        moat_agent::container::seccomp::compile(sc).map_err(|e| anyhow!("config.json: {e}"))?;
-    }
+    crate::bundle::check_spec(&spec)?;
     Ok(Prepared { bundle, spec })
-}
-
-/// The guest's vCPUs and memory for a spec.
-fn vm_size(spec: &Spec) -> (u32, u32) {
-    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-    let mem_limit = res
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0);
-    let memory = match mem_limit {
-        Some(l) => ((l as u64).div_ceil(1 << 20) + 128).max(192) as u32,
-        None => 256,
-    };
-    let cpu = res.and_then(|r| r.cpu().as_ref());
-    let quota_cpus = cpu
-        .and_then(|c| Some((c.quota()?, c.period()?)))
-        .filter(|(q, p)| *q > 0 && *p > 0)
-        .map(|(q, p)| (q as u64).div_ceil(p) as u32);
-    let host = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    (quota_cpus.unwrap_or(1).clamp(1, host), memory)
 }
 
 /// `moat create`: returns once the container is `created`; the sandbox's pid.
@@ -140,7 +95,7 @@ fn create_with(
         }
     }
     let lock = ctx.store.reserve(id)?;
-    let (vcpus, memory_mib) = vm_size(&p.spec);
+    let (vcpus, memory_mib) = crate::bundle::vm_size(&p.spec);
     let cfg = SandboxConfig {
         store: ctx.store.clone(),
         id: id.to_string(),
@@ -344,24 +299,5 @@ mod tests {
         assert_eq!(parse_signal("9").unwrap(), 9);
         assert!(parse_signal("SIGFOO").is_err());
         assert!(parse_signal("999").is_err());
-    }
-
-    #[test]
-    fn vm_size_follows_the_spec() {
-        let mut s = Spec::default();
-        assert_eq!(vm_size(&s), (1, 256));
-        let mut linux = s.linux().clone().unwrap();
-        let mem = oci_spec::runtime::LinuxMemoryBuilder::default()
-            .limit(512i64 << 20)
-            .build()
-            .unwrap();
-        linux.set_resources(Some(
-            oci_spec::runtime::LinuxResourcesBuilder::default()
-                .memory(mem)
-                .build()
-                .unwrap(),
-        ));
-        s.set_linux(Some(linux));
-        assert_eq!(vm_size(&s).1, 640);
     }
 }
