@@ -2,6 +2,9 @@
 //!
 //! - [`host`]: what the host's KVM can do, and so which backend to use.
 //! - [`paths`]: where the guest kernel, initramfs and helpers are.
+//! - [`config`]: the config file, environment and flags; the guest's size.
+//! - [`check`]: `moat check`, what the host offers and which backend moat uses.
+//! - [`spec_cmd`]: `moat spec` and `moat features`.
 //! - [`initramfs`]: the guest image builder.
 //! - [`qemu`]: the QEMU backend.
 //! - [`vsock`]: host↔guest vsock: the hybrid-socket client, the agent client, the backend.
@@ -9,7 +12,9 @@
 
 pub mod boot;
 pub mod bundle;
+pub mod check;
 pub mod cli;
+pub mod config;
 pub mod hooks;
 pub mod host;
 pub mod initramfs;
@@ -17,6 +22,7 @@ pub mod paths;
 pub mod qemu;
 pub mod sandbox;
 pub mod shim;
+pub mod spec_cmd;
 pub mod state;
 pub mod virtiofsd;
 pub mod vsock;
