@@ -31,4 +31,5 @@ pub fn guest_paths() -> GuestPaths {
 }
 
 pub mod bundle;
+pub mod cli;
 pub mod host;

@@ -94,6 +94,16 @@ fn create_with(
             bail!("--console-socket {}: no such socket", cs.display());
         }
     }
+    // The sandbox's sockets live in the state directory; a Unix socket path holds at most
+    // 107 bytes, the longest being the vsock backend's `vsock.sock_<port>`.
+    let longest = ctx.store.dir(id).join("vsock.sock_4294967295");
+    if longest.as_os_str().len() > 107 {
+        bail!(
+            "container id {id:?} is too long for --root {}: the sandbox's socket paths would exceed \
+             the 107 bytes of a Unix socket address; use a shorter id or --root",
+            ctx.store.root().display()
+        );
+    }
     let lock = ctx.store.reserve(id)?;
     let (vcpus, memory_mib) = crate::bundle::vm_size(&p.spec);
     let cfg = SandboxConfig {
