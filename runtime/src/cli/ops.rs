@@ -270,49 +270,24 @@ pub fn update(ctx: &Ctx, a: &liboci_cli::Update) -> Result<()> {
     Ok(())
 }
 
-/// `moat spec`.
+/// `moat spec`: a `config.json` like `runc spec` (or its `--rootless` variant).
 pub fn spec(a: &liboci_cli::Spec) -> Result<()> {
-    let dir = a.bundle.clone().unwrap_or_else(|| ".".into());
-    let path = dir.join("config.json");
-    if path.exists() {
-        bail!("File {} exists. Remove it first", path.display());
-    }
-    let mut s = oci_spec::runtime::Spec::default();
-    let mut p = s.process().clone().unwrap_or_default();
-    p.set_terminal(Some(true));
-    p.set_args(Some(vec!["sh".into()]));
-    s.set_process(Some(p));
-    s.set_hostname(Some("moat".into()));
-    std::fs::write(&path, serde_json::to_vec_pretty(&s)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    crate::spec_cmd::write_spec(a.bundle.as_deref(), a.rootless)?;
     Ok(())
 }
 
-/// `moat features`.
+/// `moat features`: what this runtime supports, in runc's JSON shape.
 pub fn features() -> Result<()> {
-    let v = serde_json::json!({
-        "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.2.0",
-        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
-            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false },
-            "seccomp": { "enabled": true },
-        },
-        "annotations": { "io.github.moat.runtime": format!("moat {}", env!("CARGO_PKG_VERSION")) },
-    });
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    print!("{}", crate::spec_cmd::features_json());
     Ok(())
 }
 
-/// `moat check`.
+/// `moat check`: what the host offers and which backend moat will use; exit 1 when
+/// something needed is missing.
 pub fn check() -> Result<i32> {
-    let kvm = crate::host::detect_kvm();
-    println!("kvm: {}", kvm.describe());
-    let paths = GuestPaths::from_env();
-    println!("kernel: {}", paths.kernel.display());
-    println!("initramfs: {}", paths.initramfs.display());
-    Ok(0)
+    let r = crate::check::check(&crate::config::Config::load()?);
+    print!("{}", r.render());
+    Ok(r.exit_code())
 }
 
 /// `moat boot`.
