@@ -14,7 +14,8 @@ fn rejected(m: &Moat, args: &[&str], words: &[&str], also: &[&Path]) -> String {
     let fds = fd_count();
     let o = m.run_logged(args, "rejected");
     let line = one_line_error(&o);
-    println!("moat {}: {line}", args.first().unwrap_or(&""));
+    let shown: String = line.chars().take(240).collect();
+    println!("moat {}: {shown}", args.first().unwrap_or(&""));
     for w in words {
         assert!(line.contains(w), "the error does not mention {w:?}: {o}");
     }
