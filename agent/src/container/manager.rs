@@ -137,7 +137,11 @@ impl SpecSetup<'_> {
 }
 
 impl InitSetup for SpecSetup<'_> {
-    fn setup(&self, sys: &dyn Syscall) -> Result<(), String> {
+    fn setup(
+        &self,
+        sys: &dyn Syscall,
+        on_root: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), String> {
         use super::rootfs;
         // Relative bind-mount sources are resolved from the bundle, the rootfs's parent.
         if let Some(bundle) = self.rootfs.parent() {
@@ -147,6 +151,7 @@ impl InitSetup for SpecSetup<'_> {
         rootfs::prepare_rootfs(sys, self.spec, self.rootfs).map_err(|e| e.to_string())?;
         self.hooks("createContainer")?;
         rootfs::pivot_root(sys, self.rootfs).map_err(|e| e.to_string())?;
+        on_root()?;
         // runc creates a missing cwd (0755) before the root may become read-only.
         if let Some(cwd) = self.spec.process().as_ref().map(|p| p.cwd()) {
             if !cwd.exists() {
@@ -301,10 +306,10 @@ impl Manager {
             init: Some(&setup),
             seccomp: (&seccomp.0, seccomp.1),
             stdio: io.child_raw(),
-            tty: io.tty_slave,
+            terminal: terminal.then_some(size),
             join_cgroup: &join,
         };
-        let launched = match process::launch(self.sys.as_ref(), &launch) {
+        let mut launched = match process::launch(self.sys.as_ref(), &launch) {
             Ok(l) => l,
             Err(e) => {
                 cleanup(&cgroup);
@@ -313,6 +318,9 @@ impl Manager {
         };
         drop(launch);
         io.close_child_ends();
+        if let Some(m) = launched.pty.take() {
+            io.set_master(m);
+        }
         let pid = launched.pid;
         self.reaper.watch(pid as i32);
         let started = ProcessStarted {
@@ -508,13 +516,16 @@ impl Manager {
             init: None,
             seccomp: (&guard.seccomp.0, guard.seccomp.1),
             stdio: io.child_raw(),
-            tty: io.tty_slave,
+            terminal: terminal.then_some(size),
             join_cgroup: &join,
         };
-        let launched =
+        let mut launched =
             process::launch(self.sys.as_ref(), &launch).map_err(|e| invalid(e.to_string()))?;
         drop(launch);
         io.close_child_ends();
+        if let Some(m) = launched.pty.take() {
+            io.set_master(m);
+        }
         let pid = launched.pid;
         self.reaper.watch(pid as i32);
         launched.start().map_err(|e| invalid(e.to_string()))?;

@@ -121,8 +121,14 @@ pub fn ns_file(t: LinuxNamespaceType) -> &'static str {
 /// The container-side setup for an init process (not for exec).
 pub trait InitSetup: Sync {
     /// Runs in the container process after namespaces exist and before user, capabilities
-    /// and seccomp: rootfs, pivot_root, hostname, sysctl. Returns a message naming the field.
-    fn setup(&self, sys: &dyn Syscall) -> Result<(), String>;
+    /// and seccomp: rootfs, pivot_root, hostname, sysctl. `on_root` runs right after
+    /// pivot_root, before `/dev` may become read-only (the console is set up there).
+    /// Returns a message naming the field.
+    fn setup(
+        &self,
+        sys: &dyn Syscall,
+        on_root: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), String>;
     /// Runs in the container process after `Start`, just before `execve`
     /// (`startContainer` hooks).
     fn after_start(&self) -> Result<(), String>;
@@ -142,8 +148,10 @@ pub struct Launch<'a> {
     pub seccomp: (&'a [BpfProgram], u32),
     /// The fds that become 0, 1 and 2.
     pub stdio: [RawFd; 3],
-    /// A pty slave to make the controlling terminal (it is also in `stdio`).
-    pub tty: Option<RawFd>,
+    /// `process.terminal`: the container process opens a pty from its own `/dev/ptmx`,
+    /// makes the slave its stdio and controlling terminal (and, for an init, `/dev/console`),
+    /// and sends the master to the agent. The size is `process.consoleSize`.
+    pub terminal: Option<Option<(u16, u16)>>,
     /// Puts a pid into the container's cgroup (called with the intermediate's pid).
     pub join_cgroup: &'a dyn Fn(u32) -> Result<(), String>,
 }
@@ -161,6 +169,8 @@ impl std::fmt::Debug for Launch<'_> {
 pub struct Launched {
     /// Its pid in the agent's pid namespace.
     pub pid: u32,
+    /// The pty master, when the process has a terminal.
+    pub pty: Option<OwnedFd>,
     chan: SyncChannel,
 }
 
@@ -203,17 +213,26 @@ pub fn launch(sys: &dyn Syscall, l: &Launch<'_>) -> Result<Launched, LaunchError
             if result.is_err() {
                 let _ = nix::sys::signal::kill(mid, nix::sys::signal::Signal::SIGKILL);
             }
-            result.map(|pid| Launched { pid, chan: parent })
+            result.map(|(pid, pty)| Launched {
+                pid,
+                pty,
+                chan: parent,
+            })
         }
     }
 }
 
 /// The agent's side of the setup conversation.
-fn supervise(l: &Launch<'_>, chan: &mut SyncChannel, mid: Pid) -> Result<u32, LaunchError> {
+fn supervise(
+    l: &Launch<'_>,
+    chan: &mut SyncChannel,
+    mid: Pid,
+) -> Result<(u32, Option<OwnedFd>), LaunchError> {
     (l.join_cgroup)(mid.as_raw() as u32).map_err(LaunchError::Setup)?;
     chan.send(&Msg::Go)
         .map_err(|e| LaunchError::Agent(e.to_string()))?;
     let mut pid = None;
+    let mut pty = None;
     loop {
         let msg = chan.recv().map_err(|e| match e {
             super::sync::SyncError::Closed => LaunchError::Setup(
@@ -229,8 +248,10 @@ fn supervise(l: &Launch<'_>, chan: &mut SyncChannel, mid: Pid) -> Result<u32, La
                     .map_err(|e| LaunchError::Agent(e.to_string()))?;
             }
             Msg::Pid(p) => pid = Some(p),
+            Msg::Pty => pty = chan.take_fd(),
             Msg::Ready => {
-                return pid.ok_or_else(|| LaunchError::Agent("Ready before Pid".into()));
+                let pid = pid.ok_or_else(|| LaunchError::Agent("Ready before Pid".into()))?;
+                return Ok((pid, pty));
             }
             Msg::Error(e) => {
                 if let Some(p) = pid {
@@ -358,17 +379,28 @@ fn container_process(
 ) -> Result<std::convert::Infallible, String> {
     reset_signals();
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    if let Some(tty) = l.tty {
-        // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); `tty` is an open fd.
-        let rc = unsafe { libc::ioctl(tty, libc::TIOCSCTTY as _, 0) };
-        nix::errno::Errno::result(rc).map_err(|e| format!("process.terminal: TIOCSCTTY: {e}"))?;
-    }
     if let Some(oom) = l.process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", oom.to_string())
             .map_err(|e| format!("process.oomScoreAdj: {e}"))?;
     }
-    if let Some(init) = l.init {
-        init.setup(sys)?;
+    let mut slave: Option<OwnedFd> = None;
+    let mut open_console = |console: bool| -> Result<(), String> {
+        if let Some(size) = l.terminal {
+            let (master, s) = open_pty(size, console)?;
+            chan.send_fd(&master).map_err(|e| e.to_string())?;
+            drop(master);
+            // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); `s` is open.
+            let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCSCTTY as _, 0) };
+            nix::errno::Errno::result(rc)
+                .map_err(|e| format!("process.terminal: TIOCSCTTY: {e}"))?;
+            slave = Some(s);
+        }
+        Ok(())
+    };
+    match l.init {
+        Some(init) => init.setup(sys, &mut || open_console(true))?,
+        // An exec joined the container's mount namespace: its root is the container's.
+        None => open_console(false)?,
     }
     creds::apply_rlimits(l.process.rlimits().as_deref().unwrap_or(&[]))
         .map_err(|e| e.to_string())?;
@@ -397,9 +429,56 @@ fn container_process(
     if nnp {
         super::seccomp::install_with_flags(l.seccomp.0, l.seccomp.1).map_err(|e| e.to_string())?;
     }
-    dup_stdio(l.stdio)?;
+    match &slave {
+        Some(s) => dup_stdio([s.as_raw_fd(); 3])?,
+        None => dup_stdio(l.stdio)?,
+    }
     let e = nix::unistd::execve(&exe_c, &args, &env).unwrap_err();
     Err(format!("{EXEC_ERROR_PREFIX}{}: {e}", exe.display()))
+}
+
+/// Opens a pty from `/dev/ptmx` of the current mount namespace (the container's own
+/// devpts), sizes it, and for an init bind-mounts the slave onto `/dev/console`, as runc does.
+fn open_pty(size: Option<(u16, u16)>, console: bool) -> Result<(OwnedFd, OwnedFd), String> {
+    use nix::fcntl::OFlag;
+    let err = |what: &str, e: nix::Error| format!("process.terminal: {what}: {e}");
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| err("opening /dev/ptmx", e))?;
+    nix::pty::grantpt(&master).map_err(|e| err("grantpt", e))?;
+    nix::pty::unlockpt(&master).map_err(|e| err("unlockpt", e))?;
+    let name = nix::pty::ptsname_r(&master).map_err(|e| err("ptsname", e))?;
+    if let Some((rows, cols)) = size {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, valid for the call.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ as _, &ws) };
+    }
+    let slave: OwnedFd = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| err(&format!("opening {name}"), e))?;
+    if console {
+        let c = std::path::Path::new("/dev/console");
+        if std::fs::symlink_metadata(c).is_err() {
+            std::fs::File::create(c)
+                .map_err(|e| format!("process.terminal: creating /dev/console: {e}"))?;
+        }
+        nix::mount::mount(
+            Some(name.as_str()),
+            c,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| err("bind-mounting the pty onto /dev/console", e))?;
+    }
+    Ok((master.into(), slave))
 }
 
 /// Signal dispositions and mask as a fresh process expects: the agent blocks SIGCHLD and

@@ -50,12 +50,12 @@ pub struct ProcessIo {
     /// once the child holds its copies: a pipe reaches end of file, and a pty master reads
     /// EIO, only when no writer or slave is left open anywhere.
     child: Vec<OwnedFd>,
-    /// The pty slave's fd among `child`, when there is a terminal.
-    pub tty_slave: Option<RawFd>,
     /// The announced ports.
     pub ports: StdioPorts,
-    /// The pty master, for resizes.
-    pub master: Option<Arc<File>>,
+    /// The pty master, for resizes (set once the container process has sent it).
+    master: Mutex<Option<Arc<File>>>,
+    /// Hands the master to the tty pump.
+    master_tx: Mutex<Option<std::sync::mpsc::Sender<Arc<File>>>>,
     /// The agent's end of the stdin pipe, taken by `close_stdin`.
     stdin: Arc<Mutex<Option<File>>>,
 }
@@ -76,35 +76,20 @@ impl ProcessIo {
         };
         let stdin_slot = Arc::new(Mutex::new(None));
         if terminal {
-            let ws = size.map(|(rows, cols)| nix::pty::Winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            });
-            let pty = nix::pty::openpty(ws.as_ref(), None).map_err(setup("openpty"))?;
-            set_cloexec(pty.master.as_raw_fd());
-            let master = Arc::new(File::from(pty.master));
-            let port = listen_and_pump_tty(Arc::clone(&master))?;
-            let slave = pty.slave;
-            let raw = slave.as_raw_fd();
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone().map_err(|source| StdioError::Setup {
-                    what: "dup pty slave",
-                    source,
-                })
-            };
-            let child = [dup(&slave)?, dup(&slave)?, slave];
-            let _ = raw;
-            let tty_slave = Some(child[2].as_raw_fd());
+            // The pty is opened by the container process from the container's own
+            // /dev/ptmx (so that it is /dev/pts/N and /dev/console there, as with runc); its
+            // master arrives later through `set_master`.
+            let _ = size;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let port = listen_and_pump_tty(rx)?;
             return Ok(Self {
-                child: child.into(),
-                tty_slave,
+                child: Vec::new(),
                 ports: StdioPorts {
                     tty: Some(port),
                     ..Default::default()
                 },
-                master: Some(master),
+                master: Mutex::new(None),
+                master_tx: Mutex::new(Some(tx)),
                 stdin: stdin_slot,
             });
         }
@@ -129,9 +114,9 @@ impl ProcessIo {
         let stderr_fd = out(req.stderr, &mut ports.stderr)?;
         Ok(Self {
             child: vec![stdin_fd, stdout_fd, stderr_fd],
-            tty_slave: None,
             ports,
-            master: None,
+            master: Mutex::new(None),
+            master_tx: Mutex::new(None),
             stdin: stdin_slot,
         })
     }
@@ -149,9 +134,9 @@ impl ProcessIo {
         };
         Ok(Self {
             child: vec![dup(0)?, dup(1)?, dup(2)?],
-            tty_slave: None,
             ports: StdioPorts::default(),
-            master: None,
+            master: Mutex::new(None),
+            master_tx: Mutex::new(None),
             stdin: Arc::new(Mutex::new(None)),
         })
     }
@@ -159,16 +144,40 @@ impl ProcessIo {
     /// Closes the agent's copies of the child's ends (after the child has been forked).
     pub fn close_child_ends(&mut self) {
         self.child.clear();
-        self.tty_slave = None;
     }
 
     /// The raw fds for the child (meaningless after [`Self::close_child_ends`]).
+    /// A terminal process has none here (-1): it uses the pty it opens itself.
     pub fn child_raw(&self) -> [RawFd; 3] {
-        [
-            self.child[0].as_raw_fd(),
-            self.child[1].as_raw_fd(),
-            self.child[2].as_raw_fd(),
-        ]
+        let fd = |i: usize| self.child.get(i).map_or(-1, |f| f.as_raw_fd());
+        [fd(0), fd(1), fd(2)]
+    }
+
+    /// Whether the process has a terminal (its pty is opened by the process itself).
+    pub fn is_terminal(&self) -> bool {
+        self.master_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+            || self
+                .master
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    /// Takes the pty master the container process opened, and starts pumping it.
+    pub fn set_master(&self, master: OwnedFd) {
+        let m = Arc::new(File::from(master));
+        *self.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&m));
+        if let Some(tx) = self
+            .master_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = tx.send(m);
+        }
     }
 
     /// Closes the process's stdin (it reads end of file once the pipe drains).
@@ -178,7 +187,8 @@ impl ProcessIo {
 
     /// Sets the pty's window size.
     pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
-        let Some(m) = &self.master else {
+        let guard = self.master.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = guard.as_ref() else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "the process has no terminal",
@@ -194,11 +204,6 @@ impl ProcessIo {
         let rc = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ as _, &ws) };
         nix::errno::Errno::result(rc).map(drop).map_err(Into::into)
     }
-}
-
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: F_SETFD on an fd we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
 }
 
 /// Listens on a fresh port; returns the port and the listener.
@@ -285,10 +290,13 @@ fn listen_and_pump_in(slot: Arc<Mutex<Option<File>>>) -> Result<u32, StdioError>
     Ok(port)
 }
 
-fn listen_and_pump_tty(master: Arc<File>) -> Result<u32, StdioError> {
+fn listen_and_pump_tty(master: std::sync::mpsc::Receiver<Arc<File>>) -> Result<u32, StdioError> {
     let (port, listener) = listen()?;
     spawn("tty-pump", move || {
         let Some(conn) = accept_one(listener) else {
+            return;
+        };
+        let Ok(master) = master.recv_timeout(CONNECT_TIMEOUT) else {
             return;
         };
         let Ok(mut conn_in) = conn.try_clone() else {

@@ -5,7 +5,7 @@
 //! big-endian length, and that many bytes (at most [`MAX_MSG`]).
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub enum Msg {
     Start,
     /// Child → agent: setup failed with this message.
     Error(String),
+    /// Container process → agent: the pty master it opened (the fd travels with the
+    /// message as SCM_RIGHTS; the agent gets it from [`SyncChannel::take_fd`]).
+    Pty,
 }
 
 /// Failures on the channel.
@@ -47,13 +50,13 @@ pub enum SyncError {
 
 /// One end of the channel.
 #[derive(Debug)]
-pub struct SyncChannel(UnixStream);
+pub struct SyncChannel(UnixStream, Option<OwnedFd>);
 
 impl SyncChannel {
     /// A connected pair (agent end, child end), both close-on-exec.
     pub fn pair() -> Result<(Self, Self), SyncError> {
         let (a, b) = UnixStream::pair()?;
-        Ok((Self(a), Self(b)))
+        Ok((Self(a, None), Self(b, None)))
     }
 
     /// Sets a receive timeout (`None` blocks forever).
@@ -76,6 +79,7 @@ impl SyncChannel {
                 b.truncate(MAX_MSG);
                 (b'E', b)
             }
+            Msg::Pty => return Err(SyncError::Malformed(b'T', 0)),
         };
         let mut frame = Vec::with_capacity(5 + body.len());
         frame.push(tag);
@@ -85,16 +89,74 @@ impl SyncChannel {
         Ok(())
     }
 
+    /// Sends [`Msg::Pty`] with `fd` attached.
+    pub fn send_fd(&mut self, fd: &OwnedFd) -> Result<(), SyncError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let frame = [b'T', 0, 0, 0, 0];
+        let fds = [fd.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(&frame)];
+        let n = sendmsg::<()>(
+            self.0.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| SyncError::Io(e.into()))?;
+        if n != frame.len() {
+            self.0.write_all(&frame[n..])?;
+        }
+        Ok(())
+    }
+
+    /// The fd that came with the last [`Msg::Pty`].
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.1.take()
+    }
+
+    /// Reads the 5-byte header with recvmsg, keeping an fd that arrives with it.
+    fn read_head(&mut self, head: &mut [u8; 5]) -> Result<(), SyncError> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut got = 0;
+        while got < head.len() {
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let mut iov = [std::io::IoSliceMut::new(&mut head[got..])];
+            let msg = match recvmsg::<()>(
+                self.0.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(SyncError::Io(e.into())),
+            };
+            let n = msg.bytes;
+            for c in msg.cmsgs().map_err(|e| SyncError::Io(e.into()))? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for fd in fds {
+                        // SAFETY: the kernel just installed `fd` in this process for us.
+                        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                        self.1 = Some(owned);
+                    }
+                }
+            }
+            if n == 0 {
+                return Err(if got == 0 {
+                    SyncError::Closed
+                } else {
+                    SyncError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+            got += n;
+        }
+        Ok(())
+    }
+
     /// Receives one message.
     pub fn recv(&mut self) -> Result<Msg, SyncError> {
         let mut head = [0u8; 5];
-        if let Err(e) = self.0.read_exact(&mut head) {
-            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                SyncError::Closed
-            } else {
-                SyncError::Io(e)
-            });
-        }
+        self.read_head(&mut head)?;
         let tag = head[0];
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         if len > MAX_MSG {
@@ -116,6 +178,7 @@ impl SyncChannel {
             b'R' => Msg::Ready,
             b's' => Msg::Start,
             b'E' => Msg::Error(String::from_utf8_lossy(&body).into_owned()),
+            b'T' if self.1.is_some() => Msg::Pty,
             _ => return Err(SyncError::Malformed(tag, len)),
         })
     }
@@ -163,6 +226,21 @@ mod tests {
         }
         drop(a);
         assert!(matches!(b.recv(), Err(SyncError::Closed)));
+    }
+
+    #[test]
+    fn a_pty_fd_travels_with_its_message() {
+        let (mut a, mut b) = SyncChannel::pair().unwrap();
+        let f: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        a.send(&Msg::Ready).unwrap();
+        a.send_fd(&f).unwrap();
+        a.send(&Msg::Go).unwrap();
+        assert_eq!(b.recv().unwrap(), Msg::Ready);
+        assert!(b.take_fd().is_none());
+        assert_eq!(b.recv().unwrap(), Msg::Pty);
+        let got = b.take_fd().expect("the fd came along");
+        assert_ne!(got.as_raw_fd(), f.as_raw_fd());
+        assert_eq!(b.recv().unwrap(), Msg::Go);
     }
 
     #[test]
