@@ -3,17 +3,23 @@
 # from Debian's linux-source-6.12 package, tinyconfig + fragments/*.conf +
 # patches/*.patch, cached under ${MOAT_CACHE_DIR:-/var/cache/moat}/kernel/.
 #
-# usage: build.sh [--print-path]
+# usage: build.sh [--variant NAME] [--print-path]
 #   (no option)   build if needed; print the vmlinux path as the last (and
 #                 only) line of stdout. Progress goes to stderr.
 #   --print-path  print the cached vmlinux path without building;
 #                 exit 1 if it has not been built.
+#   --variant NAME
+#                 default: patches/*.patch only (every QEMU guest, hardware
+#                 KVM). pvm: also patches/pvm/*.patch, for PVM-backed
+#                 /dev/kvm hosts (see patches/README.md); its own source
+#                 tree and cache key, so the default kernel is untouched.
 #
 # environment:
 #   MOAT_CACHE_DIR        cache root (default /var/cache/moat); the kernel
 #                         lives in $MOAT_CACHE_DIR/kernel/<key>/vmlinux
 #   MOAT_KERNEL_JOBS      make -j (default: nproc)
 #   MOAT_KERNEL_VERBOSE   1: make's output on stderr instead of a log file
+#   MOAT_KERNEL_VARIANT   the variant when --variant is not given
 #
 # The cache key is the sha256 of the installed package version, the
 # fragments, the patches and this script. The source is extracted once per
@@ -37,9 +43,18 @@ log() { printf 'guest-kernel: %s\n' "$*" >&2; }
 die() { printf 'guest-kernel: error: %s\n' "$*" >&2; exit 1; }
 
 print_path=0
+variant=${MOAT_KERNEL_VARIANT:-default}
+want_variant=0
 for arg in "$@"; do
+    if [[ $want_variant -eq 1 ]]; then
+        variant=$arg
+        want_variant=0
+        continue
+    fi
     case $arg in
         --print-path) print_path=1 ;;
+        --variant) want_variant=1 ;;
+        --variant=*) variant=${arg#--variant=} ;;
         -h | --help)
             sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$self" >&3
             exit 0
@@ -47,6 +62,11 @@ for arg in "$@"; do
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
+[[ $want_variant -eq 0 ]] || die "--variant needs a name (default or pvm)"
+case $variant in
+    default | pvm) ;;
+    *) die "unknown variant '$variant' (default or pvm)" ;;
+esac
 
 pkg_version() {
     dpkg-query -W -f='${Status} ${Version}\n' "$PKG" 2>/dev/null |
@@ -56,12 +76,19 @@ pkg_version() {
 shopt -s nullglob
 fragments=("$here"/fragments/*.conf)
 patches=("$here"/patches/*.patch)
+if [[ $variant != default ]]; then
+    variant_patches=("$here/patches/$variant"/*.patch)
+    [[ ${#variant_patches[@]} -gt 0 ]] || die "no patches in $here/patches/$variant"
+    patches+=("${variant_patches[@]}")
+fi
 shopt -u nullglob
 [[ ${#fragments[@]} -gt 0 ]] || die "no fragments in $here/fragments"
 
 cache_key() {
     {
         printf 'package %s %s\n' "$PKG" "$1"
+        # The default variant's key has no variant line.
+        [[ $variant == default ]] || printf 'variant %s\n' "$variant"
         local f
         for f in "${fragments[@]}" "${patches[@]}" "$self"; do
             # Name and length before the content, so that no two different
@@ -130,9 +157,18 @@ fi
 jobs=${MOAT_KERNEL_JOBS:-$(nproc)}
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "MOAT_KERNEL_JOBS must be a positive integer, not '$jobs'"
 
-# 1. Source, extracted once per package version.
-src="$root/src-${version//[^A-Za-z0-9._+-]/_}"
-if [[ ! -f $src/.moat-extracted ]]; then
+# 1. Source, extracted once per package version (and variant: a variant's tree
+# starts as a copy of the default one when that exists, built objects and
+# timestamps included, so that only what its patches touch is rebuilt).
+default_src="$root/src-${version//[^A-Za-z0-9._+-]/_}"
+src=$default_src
+[[ $variant == default ]] || src="$default_src-$variant"
+if [[ ! -f $src/.moat-extracted && $src != "$default_src" && -f $default_src/.moat-extracted ]]; then
+    phase 1 "copying $default_src into $src"
+    rm -rf "$src" "$src.tmp"
+    cp -a "$default_src" "$src.tmp"
+    mv -T "$src.tmp" "$src"
+elif [[ ! -f $src/.moat-extracted ]]; then
     tarball=/usr/src/$PKG.tar.xz
     [[ -f $tarball ]] || tarball=$(dpkg -L "$PKG" | grep -m1 '\.tar\.xz$' || true)
     [[ -f $tarball ]] || die "no source tarball in package $PKG"
@@ -151,7 +187,10 @@ mk() { make ARCH=$ARCH "$@"; }
 # 2. Patches. The tree is shared by every build of this source version, so
 # the patches applied last time are reverted first when the set changes;
 # a copy of each applied patch is kept in .moat-patches/ for that.
-want_patches=$(for p in "${patches[@]}"; do printf '%s %s\n' "$(sha256sum <"$p" | cut -c1-64)" "${p##*/}"; done)
+# A patch's name in the series: its path under patches/ with / as __
+# (the default variant's are plain file names).
+series_name() { local n=${1#"$here"/patches/}; printf '%s' "${n//\//__}"; }
+want_patches=$(for p in "${patches[@]}"; do printf '%s %s\n' "$(sha256sum <"$p" | cut -c1-64)" "$(series_name "$p")"; done)
 have_patches=$(cat .moat-patches/series 2>/dev/null || true)
 if [[ $want_patches != "$have_patches" ]]; then
     phase 2 "patches changed: reverting the old set, applying ${#patches[@]}"
@@ -166,11 +205,12 @@ if [[ $want_patches != "$have_patches" ]]; then
     mkdir -p .moat-patches
     : >.moat-patches/series
     for p in "${patches[@]}"; do
-        log "  applying ${p##*/}"
+        name=$(series_name "$p")
+        log "  applying $name"
         patch -p1 --forward --no-backup-if-mismatch <"$p" >&2 ||
-            die "patch ${p##*/} does not apply to $PKG $version; remove $src to start from clean source"
-        cp "$p" ".moat-patches/${p##*/}"
-        printf '%s %s\n' "$(sha256sum <"$p" | cut -c1-64)" "${p##*/}" >>.moat-patches/series
+            die "patch $name does not apply to $PKG $version; remove $src to start from clean source"
+        cp "$p" ".moat-patches/$name"
+        printf '%s %s\n' "$(sha256sum <"$p" | cut -c1-64)" "$name" >>.moat-patches/series
     done
 else
     phase 2 "patches: ${#patches[@]} (unchanged)"
@@ -231,6 +271,7 @@ cp .config "$tmp/.config"
     printf 'package: %s %s\n' "$PKG" "$version"
     printf 'kernel: %s\n' "$(cat include/config/kernel.release 2>/dev/null || echo unknown)"
     printf 'key: %s\n' "$key"
+    printf 'variant: %s\n' "$variant"
     printf 'fragments: %s\n' "$(cd "$here/fragments" && echo *.conf)"
     printf 'patches: %s\n' "${#patches[@]}"
     printf 'built: %s in %ss\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(($(date +%s) - start))"

@@ -20,6 +20,15 @@ vmlinux=$(bash guest-kernel/build.sh | tail -n 1)
 install_if_changed "$vmlinux" "$share/vmlinux" 0644
 install_if_changed "$(dirname "$vmlinux")/.config" "$share/vmlinux.config" 0644
 
+# On a host whose /dev/kvm is PVM-only (kvm_pvm, no vmx/svm), the built-in VMM's boot test
+# needs the pvm kernel variant (guest-kernel/patches/pvm/, HOST-KVM.md). Its own source tree
+# and cache key: the default kernel above is untouched.
+if [[ -e /dev/kvm && -d /sys/module/kvm_pvm ]] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+  echo "build-guest: guest kernel, pvm variant (PVM-only KVM here)" >&2
+  vmlinux_pvm=$(bash guest-kernel/build.sh --variant pvm | tail -n 1)
+  install_if_changed "$vmlinux_pvm" "$share/vmlinux-pvm" 0644
+fi
+
 echo "build-guest: moat and the static agent" >&2
 cargo build --quiet --release -p moat-agent --target x86_64-unknown-linux-musl
 cargo build --quiet --release -p moat
