@@ -66,6 +66,7 @@ pub fn serve(listener: OwnedFd, manager: Arc<Manager>) -> ! {
                         let mut stream = std::fs::File::from(conn);
                         if handle_connection(&mut stream, &m) == After::PowerOff {
                             crate::info!("shutdown requested; powering off");
+                            wait_sent(&stream, std::time::Duration::from_millis(500));
                             crate::init::power_off();
                         }
                     });
@@ -79,6 +80,26 @@ pub fn serve(listener: OwnedFd, manager: Arc<Manager>) -> ! {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// Waits (bounded) until the socket's send queue is empty, so that the reply to `Shutdown`
+/// reaches the host before the machine goes away.
+fn wait_sent(stream: &std::fs::File, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int through the pointer, which is valid for the call.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ as _, &mut queued) };
+        if rc != 0 {
+            // Not supported by this transport: give the reply a moment instead.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return;
+        }
+        if queued == 0 || start.elapsed() >= limit {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
