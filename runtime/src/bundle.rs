@@ -38,27 +38,15 @@ pub fn check_spec(spec: &Spec) -> Result<(), SpecCheckError> {
     Ok(())
 }
 
-/// The guest's vCPUs and memory (MiB) for a spec: the memory limit plus 128 MiB for the
-/// guest kernel and agent (at least 192), else 256; the CPU quota rounded up, else 1.
+/// The guest's vCPUs and memory (MiB) for a spec with the built-in VM defaults (the memory
+/// limit plus 128 MiB, else 256; the CPU quota rounded up or the cpuset count, else 1): see
+/// [`crate::config::vm_size`], which the config file's `[vm]` section can change.
 pub fn vm_size(spec: &Spec) -> (u32, u32) {
-    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-    let mem_limit = res
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0);
-    let memory = match mem_limit {
-        Some(l) => ((l as u64).div_ceil(1 << 20) + 128).max(192) as u32,
-        None => 256,
-    };
-    let cpu = res.and_then(|r| r.cpu().as_ref());
-    let quota_cpus = cpu
-        .and_then(|c| Some((c.quota()?, c.period()?)))
-        .filter(|(q, p)| *q > 0 && *p > 0)
-        .map(|(q, p)| (q as u64).div_ceil(p) as u32);
     let host = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    (quota_cpus.unwrap_or(1).clamp(1, host), memory)
+    let s = crate::config::vm_size(&crate::config::VmDefaults::default(), spec, host);
+    (s.vcpus, s.memory_mib)
 }
 
 #[cfg(test)]

@@ -71,7 +71,10 @@ fn create_with(
     no_pivot: bool,
 ) -> Result<u32> {
     let p = prepare(id, bundle)?;
-    let paths = crate::paths::GuestPaths::from_env();
+    let config = crate::config::Config::load()?;
+    let paths = config.guest_paths();
+    // The sandbox process starts virtiofsd by this path (config file < env < flags).
+    std::env::set_var("MOAT_VIRTIOFSD", &config.virtiofsd);
     for (what, f) in [
         ("guest kernel", &paths.kernel),
         ("guest initramfs", &paths.initramfs),
@@ -105,7 +108,8 @@ fn create_with(
         );
     }
     let lock = ctx.store.reserve(id)?;
-    let (vcpus, memory_mib) = crate::bundle::vm_size(&p.spec);
+    let size = config.vm_size(&p.spec);
+    let (vcpus, memory_mib) = (size.vcpus, size.memory_mib);
     let cfg = SandboxConfig {
         store: ctx.store.clone(),
         id: id.to_string(),
