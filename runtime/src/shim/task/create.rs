@@ -218,16 +218,48 @@ fn mount_rootfs(bundle: &Path, req: &CreateTaskRequest) -> Result<Option<PathBuf
     std::fs::create_dir_all(&target)
         .map_err(|e| invalid(format!("rootfs: creating {}: {e}", target.display())))?;
     for m in &req.rootfs {
-        containerd_shim::mount::mount_rootfs(
-            Some(m.type_.as_str()).filter(|t| !t.is_empty()),
-            Some(m.source.as_str()),
-            &m.options,
-            &target,
-        )
-        .map_err(|e| {
+        mount_one(&m.type_, &m.source, &m.options, &target).map_err(|e| {
             let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
             invalid(format!("rootfs: mounting {} {}: {e}", m.type_, m.source))
         })?;
     }
     Ok(Some(target))
+}
+
+/// One containerd mount (`bind` with `rbind`/`ro`, `overlay` with its dirs, ...). The
+/// crate's `mount_rootfs` forks and waits through its reaper, which this shim turns off.
+fn mount_one(typ: &str, source: &str, options: &[String], target: &Path) -> nix::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => flags.remove(MsFlags::MS_RDONLY),
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "defaults" => {}
+            other => data.push(other),
+        }
+    }
+    let data = data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+    let fstype = (!typ.is_empty() && typ != "bind").then_some(typ);
+    mount(Some(source), target, fstype, flags, data)?;
+    if flags.contains(MsFlags::MS_BIND | MsFlags::MS_RDONLY) {
+        // A bind ignores MS_RDONLY until remounted.
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
 }
