@@ -3,7 +3,7 @@
 //!
 //! moat's hosts have neither `/dev/vhost-vsock` nor loopback vsock, so the guest's vsock
 //! device is emulated here, once, and used two ways: served to QEMU over vhost-user
-//! ([`vhost_user`]) and, later, inline in the built-in VMM's event loop.
+//! ([`vhost_user`]) and inline in the built-in VMM's event loop ([`inline`]).
 //!
 //! # How data flows
 //!
@@ -48,6 +48,7 @@ pub mod backend;
 pub mod connection;
 pub mod device;
 pub mod hybrid;
+pub mod inline;
 pub mod metrics;
 pub mod muxer;
 pub mod packet;
