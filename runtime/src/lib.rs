@@ -7,10 +7,13 @@
 //! - [`spec_cmd`]: `moat spec` and `moat features`.
 //! - [`initramfs`]: the guest image builder.
 //! - [`qemu`]: the QEMU backend.
+//! - [`backend`]: which VMM runs a sandbox; [`builtin`]: the built-in VMM in this process.
 //! - [`vsock`]: host↔guest vsock: the hybrid-socket client, the agent client, the backend.
 //! - [`shim`]: `containerd-shim-moat-v2`, one VM per pod.
 
+pub mod backend;
 pub mod boot;
+pub mod builtin;
 pub mod bundle;
 pub mod check;
 pub mod cli;

@@ -8,10 +8,12 @@
 //!          [--linux-boot] [--no-huge-pages]
 //! ```
 //!
-//! The devices are appended to the command line as `virtio_mmio.device=` entries. When the
-//! guest ends (or on SIGTERM/SIGINT) it prints a report on stderr, one `key: value` line
-//! each (`exit`, `cpu_ms_first_kvm_run`, `device`), and exits 0 for a guest-initiated end
-//! or a stop, 1 for a setup error, 2 for a vCPU error or a guest crash.
+//! The devices are appended to the command line as `virtio_mmio.device=` entries. At start
+//! it prints `cmdline:`, `entry:` and one `guest_ram: <start>-<end>` line per guest memory
+//! mapping (host addresses, for memory accounting) on stderr; when the guest ends (or on
+//! SIGTERM/SIGINT) a report, one `key: value` line each (`exit`, `cpu_ms_first_kvm_run`,
+//! `device`). Exit status: 0 for a guest-initiated end or a stop, 1 for a setup error, 2 for
+//! a vCPU error or a guest crash.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -183,6 +185,9 @@ fn main() -> ExitCode {
         vmm.entry().protocol,
         vmm.entry().entry.0
     );
+    for (start, end) in vmm.guest_ram_ranges() {
+        eprintln!("guest_ram: {start:#x}-{end:#x}");
+    }
     let report = match vmm.run() {
         Ok(r) => r,
         Err(e) => {
