@@ -141,20 +141,31 @@ fn ctr_task_exec_kill_metrics_pause() {
     let before = (
         harness::status_field(shim, "Threads"),
         harness::fd_count(shim),
-        harness::status_field(shim, "VmRSS"),
+        harness::status_field(shim, "RssAnon"),
     );
     let t = Instant::now();
     for n in 1..=20 {
         exec(n);
     }
     let per_exec = t.elapsed() / 20;
+    // Execs that cannot start are refused clearly, and leave nothing behind either.
+    for n in 0..10 {
+        let id = format!("bad{n}");
+        let o = c.ctr(&["tasks", "exec", "--exec-id", &id, "svc", "/no/such/program"]);
+        assert!(!o.status.success());
+        assert!(
+            text(&o.stderr).contains("/no/such/program"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
     let after = (
         harness::status_field(shim, "Threads"),
         harness::fd_count(shim),
-        harness::status_field(shim, "VmRSS"),
+        harness::status_field(shim, "RssAnon"),
     );
     println!(
-        "20 execs ({:.0} ms each): shim threads {} -> {}, fds {} -> {}, RSS {} -> {} KiB",
+        "20 execs ({:.0} ms each) and 10 that failed to start: shim threads {} -> {}, fds {} -> {}, anonymous RSS {} -> {} KiB",
         per_exec.as_secs_f64() * 1000.0,
         before.0,
         after.0,
@@ -169,7 +180,7 @@ fn ctr_task_exec_kill_metrics_pause() {
     );
     assert!(after.1 <= before.1 + 2, "fds grew: {before:?} -> {after:?}");
     assert!(
-        after.2 <= before.2 + 2048,
+        after.2 <= before.2 + 1024,
         "RSS grew: {before:?} -> {after:?}"
     );
 

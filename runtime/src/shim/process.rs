@@ -176,7 +176,7 @@ impl Proc {
         }
     }
 
-    /// Drops the pumps (the process is deleted).
+    /// Drops the pumps and settles the exit (the process is deleted, or never started).
     pub fn release(&self) {
         drop(self.pumps.lock().unwrap_or_else(|e| e.into_inner()).take());
         if self.exit_status().is_none() {

@@ -196,6 +196,11 @@ impl PodVm {
         })
     }
 
+    /// Kills QEMU (the VM thread reaps it and reports the guest gone).
+    pub fn kill(&self) {
+        self.kill.store(true, Ordering::SeqCst);
+    }
+
     /// A connection that receives the agent's events (exits, OOM kills).
     pub fn subscribe(&self) -> Result<AgentClient, VmError> {
         let mut c = AgentClient::connect(&self.uds, CONTROL_PORT, CALL_TIMEOUT)?;

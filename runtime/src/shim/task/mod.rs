@@ -260,6 +260,13 @@ impl Inner {
                         }),
                     }
                 }
+                // Without its event stream the shim would never see another exit: a VM
+                // still running then is stopped, and every process reported gone.
+                let vm = me.upgrade().and_then(|me| me.state().vm.clone());
+                if let Some(vm) = vm.filter(|vm| vm.is_alive()) {
+                    containerd_shim::error!("the agent's event stream ended; stopping the VM");
+                    vm.kill();
+                }
             })
             .map_err(|e| TaskError::Internal(format!("spawning the event thread: {e}")))?;
         Ok(())
@@ -301,6 +308,11 @@ impl Inner {
         }
         p.set_started();
         let r = self.start_proc(&p);
+        if r.is_err() {
+            // It will never run: whoever waits for it (ctr waits before it starts) is
+            // answered, and it can be deleted.
+            p.release();
+        }
         p.set_announced();
         r?;
         Ok(StartResponse {
