@@ -51,12 +51,25 @@ pub fn pod_dir(namespace: &str, id: &str) -> PathBuf {
     Path::new(STATE_ROOT).join(hex)
 }
 
+/// The daemon's private mount namespace and moat's configuration (`/etc/moat/config.toml`
+/// or `MOAT_CONFIG`, then the environment), as the CLI reads it; virtiofsd is found by
+/// `MOAT_VIRTIOFSD`, set here while the process has one thread.
+fn daemon_setup() -> Result<crate::config::Config, String> {
+    crate::sandbox::share::private_mount_namespace()
+        .map_err(|e| format!("entering a private mount namespace: {e}"))?;
+    let config = crate::config::Config::load().map_err(|e| format!("moat's configuration: {e}"))?;
+    std::env::set_var("MOAT_VIRTIOFSD", &config.virtiofsd);
+    Ok(config)
+}
+
 /// The shim for the `containerd-shim` crate.
 pub struct MoatShim {
     exit: Arc<ExitSignal>,
     namespace: String,
     id: String,
-    mount_ns: Result<(), String>,
+    /// moat's configuration, or why the shim cannot run containers (no private mount
+    /// namespace, a bad config file).
+    setup: Result<crate::config::Config, String>,
 }
 
 impl std::fmt::Debug for MoatShim {
@@ -73,18 +86,17 @@ impl containerd_shim::Shim for MoatShim {
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         // The daemon (no action) is still single-threaded here: its own mount namespace
-        // covers every thread it will start.
-        let mount_ns = if args.action.is_empty() {
-            crate::sandbox::share::private_mount_namespace()
-                .map_err(|e| format!("entering a private mount namespace: {e}"))
+        // covers every thread it will start, and the environment may still be changed.
+        let setup = if args.action.is_empty() {
+            daemon_setup()
         } else {
-            Ok(())
+            Err("not the shim daemon".into())
         };
         MoatShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
-            mount_ns,
+            setup,
         }
     }
 
@@ -120,7 +132,7 @@ impl containerd_shim::Shim for MoatShim {
             &self.namespace,
             publisher,
             Arc::clone(&self.exit),
-            self.mount_ns.clone(),
+            self.setup.clone(),
         )
     }
 }

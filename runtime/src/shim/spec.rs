@@ -131,9 +131,10 @@ pub fn guest_namespaces(spec: &Spec, owner_pid: Option<u32>) -> Result<Spec, Spe
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShimConfig {
-    /// Guest memory in MiB (default: from the spec's memory limit, else 256).
+    /// Guest memory in MiB (default: moat's configuration and the sandbox's spec, as
+    /// [`crate::config::Config::vm_size`] decides).
     pub memory_mib: Option<u32>,
-    /// Guest vCPUs (default: from the spec's CPU quota, else 1).
+    /// Guest vCPUs (default: as for `memory_mib`).
     pub vcpus: Option<u32>,
 }
 

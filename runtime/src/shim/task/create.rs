@@ -4,7 +4,9 @@ use super::*;
 
 impl Inner {
     pub(super) fn create(self: &Arc<Self>, req: &CreateTaskRequest) -> Result<CreateTaskResponse> {
-        self.mount_ns.clone().map_err(TaskError::Internal)?;
+        self.setup
+            .as_ref()
+            .map_err(|e| TaskError::Precondition(e.clone()))?;
         let _one_at_a_time = self.create.lock().unwrap_or_else(|e| e.into_inner());
         let id = req.id.as_str();
         moat_agent::container::spec_check::validate_id(id).map_err(invalid)?;
@@ -143,13 +145,15 @@ impl Inner {
                 "container {id} needs a VM of its own, and this shim already runs one"
             ))),
             (Role::Owner, None) => {
-                let (mut vcpus, mut memory_mib) = crate::bundle::vm_size(spec);
-                vcpus = cfg.vcpus.unwrap_or(vcpus);
-                memory_mib = cfg.memory_mib.unwrap_or(memory_mib);
+                let moat = self
+                    .setup
+                    .as_ref()
+                    .map_err(|e| TaskError::Precondition(e.clone()))?;
+                let size = moat.vm_size(spec);
                 let vm_cfg = VmConfig {
-                    paths: crate::paths::GuestPaths::from_env(),
-                    vcpus,
-                    memory_mib,
+                    paths: moat.guest_paths(),
+                    vcpus: cfg.vcpus.unwrap_or(size.vcpus),
+                    memory_mib: cfg.memory_mib.unwrap_or(size.memory_mib),
                 };
                 let weak = Arc::downgrade(self);
                 let on_exit = Box::new(move || {

@@ -122,7 +122,7 @@ pub struct Inner {
     pid: u32,
     publisher: Mutex<RemotePublisher>,
     exit: Arc<ExitSignal>,
-    mount_ns: std::result::Result<(), String>,
+    setup: std::result::Result<crate::config::Config, String>,
     state: Mutex<State>,
     create: Mutex<()>,
 }
@@ -140,20 +140,20 @@ impl std::fmt::Debug for Inner {
 pub struct Service(Arc<Inner>);
 
 impl Service {
-    /// A service for containerd namespace `namespace`; `mount_ns` says whether the shim got
-    /// its private mount namespace.
+    /// A service for containerd namespace `namespace`; `setup` is moat's configuration, or
+    /// why containers cannot be created (no private mount namespace, a bad config file).
     pub fn new(
         namespace: &str,
         publisher: RemotePublisher,
         exit: Arc<ExitSignal>,
-        mount_ns: std::result::Result<(), String>,
+        setup: std::result::Result<crate::config::Config, String>,
     ) -> Self {
         Self(Arc::new(Inner {
             namespace: namespace.into(),
             pid: std::process::id(),
             publisher: Mutex::new(publisher),
             exit,
-            mount_ns,
+            setup,
             state: Mutex::default(),
             create: Mutex::new(()),
         }))
