@@ -10,7 +10,7 @@ need_pkgs=(
   build-essential bc flex bison libelf-dev libssl-dev xz-utils  # kernel build
   libseccomp-dev libcap-ng-dev pkg-config  # to build virtiofsd
   runc                 # the peer in benchmarks
-  containerd containernetworking-plugins  # the ecosystem tier (tests/tests/containerd.rs); brings ctr
+  containerd containernetworking-plugins iproute2  # the ecosystem tier (tests/tests/containerd.rs); brings ctr
   protobuf-compiler    # builds the CRI client of that tier (k8s-cri's generated protos)
 )
 

@@ -20,6 +20,19 @@ pub struct Containerd {
     /// The containerd namespace the test uses.
     pub ns: &'static str,
     child: Child,
+    /// Pod network namespaces that existed before (the CRI plugin's are removed at the end
+    /// even when a test failed before `RemovePodSandbox`).
+    netns_before: Vec<std::ffi::OsString>,
+}
+
+fn cni_netns() -> Vec<std::ffi::OsString> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("cni-"))
+        .collect()
 }
 
 fn need(bin: &str) {
@@ -49,6 +62,7 @@ impl Containerd {
         std::fs::write(dir.join("cni/10-moat-test.conflist"), cni_config(&dir)).unwrap();
         std::fs::write(dir.join("config.toml"), config(&dir, cri)).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let netns_before = cni_netns();
         let mut cmd = if cri {
             let mut c = Command::new("unshare");
             c.args([
@@ -84,6 +98,7 @@ impl Containerd {
             sock,
             ns: if cri { "k8s.io" } else { "moat-test" },
             child,
+            netns_before,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.ctr(&["version"]).status.success() {
@@ -185,6 +200,13 @@ impl Drop for Containerd {
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+        for n in cni_netns() {
+            if !self.netns_before.contains(&n) {
+                let p = Path::new("/run/netns").join(&n);
+                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&p);
+            }
+        }
         if std::env::var_os("MOAT_KEEP_TEST_DIRS").is_none() {
             let _ = Command::new("umount")
                 .args(["-R", "-l"])
