@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use moat::backend::KernelVariant;
 use moat::boot::TempDir;
+use moat::builtin::{BuiltinVm, BuiltinVmConfig};
 use moat::host::{detect_kvm, KvmKind};
 use moat::virtiofsd::Virtiofsd;
 use moat_vmm::stats::MemorySplit;
+use moat_vmm::vstate::vcpu::ExitReason;
 
 /// What the kernel prints when it hands over to user space.
 const RUN_INIT: &str = "Run /init as init process";
@@ -284,6 +286,56 @@ fn builtin_vmm_boots_the_guest_kernel_to_init_and_every_device_is_probed() {
         mem.guest_kib,
         mem.overhead_kib()
     );
+}
+
+#[test]
+#[ignore = "VM tier: needs /dev/kvm and the built guest kernel; run by scripts/test.sh"]
+fn builtin_vmm_pauses_and_resumes_the_guest_in_process() {
+    let kvm = kvm_or_fail();
+    let (kernel, _) = kernel_for_host(kvm);
+    let paths = moat_tests::guest_paths();
+    let dir = TempDir::new("builtin-pause").unwrap();
+    let console = dir.0.join("console.log");
+    let mut vm = BuiltinVm::spawn(&BuiltinVmConfig {
+        kernel,
+        initramfs: paths.initramfs.clone(),
+        variant: KernelVariant::for_host(kvm),
+        vcpus: 1,
+        memory_mib: 256,
+        console_log: console.clone(),
+        // Undo `quiet`: the test watches the console move.
+        cmdline_extra: vec!["loglevel=7".into()],
+        vsock_uds: dir.0.join("vsock.sock"),
+        fs: None,
+    })
+    .unwrap();
+    let size = || std::fs::metadata(&console).map_or(0, |m| m.len());
+    let wait_growth = |from: u64, what: &str| {
+        let t = Instant::now();
+        while size() <= from {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the console did not move {what}\n{}",
+                std::fs::read_to_string(&console).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_growth(0, "after start");
+    vm.pause().unwrap();
+    let paused_at = size();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        size(),
+        paused_at,
+        "the guest wrote to its console while paused"
+    );
+    vm.pause().unwrap();
+    vm.resume().unwrap();
+    wait_growth(paused_at, "after resume");
+    let report = vm.stop().unwrap();
+    assert_eq!(report.exit, ExitReason::Stopped);
+    assert!(report.cpu_ms_at_first_run.is_some());
 }
 
 #[test]
