@@ -255,6 +255,7 @@ fn ctr_run_tty_gets_a_terminal_of_the_callers_size() {
         out.contains("33 101"),
         "the guest pty has the caller's size: {out:?}"
     );
+    assert!(out.contains("is-a-tty"), "stdin is a terminal: {out:?}");
     assert_eq!(c.wait_no_shims(Duration::from_secs(10)), Vec::<u32>::new());
 }
 
