@@ -261,6 +261,57 @@ fn ctr_run_tty_gets_a_terminal_of_the_callers_size() {
 
 #[test]
 #[ignore = "ecosystem tier: needs containerd; run by scripts/test.sh"]
+fn an_oom_kill_in_the_guest_is_a_task_oom_event() {
+    let c = Containerd::start("oom", false);
+    c.import_images();
+    let mut events = c
+        .ctr_cmd(&["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = events.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if all.contains("/tasks/oom") && all.contains("/tasks/exit") {
+                break;
+            }
+        }
+        all
+    });
+    // `tail` keeps every line of an endless line: it grows until the OOM killer ends it.
+    let o = c.ctr(&[
+        "run",
+        "--runtime",
+        RUNTIME,
+        "--rm",
+        "--memory-limit",
+        "33554432",
+        BUSYBOX,
+        "oom",
+        "tail",
+        "/dev/zero",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "{}", text(&o.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = reader.join().unwrap();
+    assert!(seen.contains("/tasks/oom"), "no TaskOOM event in:\n{seen}");
+    assert_eq!(c.wait_no_shims(Duration::from_secs(10)), Vec::<u32>::new());
+}
+
+#[test]
+#[ignore = "ecosystem tier: needs containerd; run by scripts/test.sh"]
 fn a_guest_that_dies_ends_the_task_with_a_failure_status() {
     let c = Containerd::start("dies", false);
     c.import_images();
