@@ -113,7 +113,10 @@ impl containerd_shim::Shim for MoatShim {
         // Called after a shim died or a create failed: its mounts died with its mount
         // namespace and its VM with it (PR_SET_PDEATHSIG); remove what is left on disk.
         let dir = pod_dir(&self.namespace, &self.id);
-        if dir.exists() && !vm::has_mounts_under(&dir) {
+        // A pod whose VM still answers belongs to a live shim (its mounts are in that shim's
+        // namespace, invisible here): leave it.
+        let live = std::os::unix::net::UnixStream::connect(dir.join("vsock.sock")).is_ok();
+        if dir.exists() && !live && !vm::has_mounts_under(&dir) {
             let _ = std::fs::remove_dir_all(&dir);
         }
         Ok(DeleteResponse {
