@@ -150,7 +150,8 @@ pub struct DeviceReport {
     pub irq: u32,
     /// The transport's status register.
     pub status: u32,
-    /// Activated by the driver (`DRIVER_OK` accepted).
+    /// Activated by the driver (`DRIVER_OK` accepted) and its backend serving (a vhost-user
+    /// device's daemon set up).
     pub active: bool,
 }
 
@@ -498,7 +499,7 @@ impl Vmm {
                         base: d.base,
                         irq: d.irq,
                         status: t.status(),
-                        active: t.is_active(),
+                        active: t.is_active() && t.device().backend_ready(),
                     }
                 })
                 .collect(),

@@ -149,6 +149,11 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     fn handles_queue_events(&self) -> bool {
         true
     }
+    /// False while an activated device's backend is not (or no longer) serving: a
+    /// vhost-user setup that failed. Reported next to the transport's state.
+    fn backend_ready(&self) -> bool {
+        true
+    }
     /// Extra fds for the event loop (registered once, before the guest runs).
     fn device_fds(&self) -> Vec<DeviceFd> {
         Vec::new()

@@ -247,6 +247,10 @@ impl VirtioDevice for VirtioFs {
         false
     }
 
+    fn backend_ready(&self) -> bool {
+        self.interrupt.is_some() && self.started == NUM_QUEUES
+    }
+
     fn device_fds(&self) -> Vec<DeviceFd> {
         let mut fds: Vec<DeviceFd> = self
             .calls

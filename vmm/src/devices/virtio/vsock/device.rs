@@ -1,6 +1,6 @@
 //! The virtio-vsock device proper: moves packets between the guest's queues and a
 //! [`VsockBackend`], for any transport that hands it a `virtio_queue::Queue` and guest memory
-//! (the vhost-user daemon now, virtio-mmio in the built-in VMM later).
+//! (the vhost-user daemon for QEMU, virtio-mmio in the built-in VMM: [`super::inline`]).
 //!
 //! # Data flow
 //!

@@ -26,7 +26,7 @@
 //! - [`device`] pops chains, hands packets to a [`VsockBackend`], returns every chain it
 //!   consumes to the used ring (a malformed chain included), and says when to interrupt.
 //! - [`muxer`] is the backend: a sans-IO-ish core with its own epoll fd that an outer loop
-//!   watches (the vhost-user daemon now, the built-in VMM's event manager later). It owns the
+//!   watches (the vhost-user daemon, or the built-in VMM's event manager). It owns the
 //!   [`connection`]s and the hybrid listener ([`hybrid`]).
 //! - [`connection`] is the per-connection state machine with credit-based flow control in
 //!   both directions.

@@ -5,7 +5,7 @@
 //!
 //! The muxer owns one epoll fd holding the hybrid listener `<uds>`, host streams still
 //! sending their `CONNECT` line, every connection's host stream, and a sweep timer for
-//! connect deadlines. The outer loop (vhost-user daemon now, built-in VMM later) watches that
+//! connect deadlines. The outer loop (vhost-user daemon, or built-in VMM) watches that
 //! one fd and calls [`VsockBackend::process_events`]; nothing here blocks.
 //!
 //! - Guest → muxer ([`VsockBackend::send_pkt`]): the packet is checked (CIDs, type), then
