@@ -25,7 +25,9 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::QueueT;
@@ -134,6 +136,11 @@ impl VirtioFs {
             frontend
                 .set_protocol_features(want)
                 .map_err(err("SET_PROTOCOL_FEATURES"))?;
+            if want.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every later request waits for the daemon's answer, so that a failed
+                // SET_MEM_TABLE or vring setup is an error here, not a silent hang.
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
         }
         let mut config = vec![0u8; TAG_LEN + 4];
         config[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
@@ -294,3 +301,6 @@ impl VirtioDevice for VirtioFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
