@@ -312,7 +312,7 @@ impl VcpuHandle {
             if !t.is_finished() {
                 // SAFETY: the thread is alive (not finished, and its handle not yet joined),
                 // and the kick signal has a handler installed before any vCPU thread exists.
-                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+                unsafe { libc::pthread_kill(t.as_pthread_t() as _, kick_signal()) };
             }
         }
     }

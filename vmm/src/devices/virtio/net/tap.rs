@@ -65,16 +65,16 @@ impl Tap {
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         let fail = |what| TapError::Ioctl(what, name.into(), std::io::Error::last_os_error());
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` has its size and layout.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
             return Err(fail("TUNSETIFF"));
         }
         let hdr = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr) } < 0 {
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr) } < 0 {
             return Err(fail("TUNSETVNETHDRSZ"));
         }
         // SAFETY: TUNSETOFFLOAD takes its argument by value; 0 means no offloads.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
             return Err(fail("TUNSETOFFLOAD"));
         }
         let end = req.name.iter().position(|b| *b == 0).unwrap_or(16);
