@@ -8,6 +8,12 @@ export CARGO_TERM_COLOR=never
 step() { printf '\n=== %s\n' "$*" >&2; }
 
 step "host packages and toolchain"
+# The build folders need several GB (a cold run: about 5); say so up front when the disk is
+# short rather than failing later inside rustc.
+avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if (( avail_kb < 6 * 1024 * 1024 )); then
+  echo "warning: only $((avail_kb / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}'); a cold run needs about 6 GiB" >&2
+fi
 bash scripts/setup-host.sh
 
 step "guest kernel, agent, initramfs"
