@@ -33,6 +33,7 @@ pub fn dispatch(m: &Arc<Manager>, request: Request) -> Response {
             cols,
         } => m.resize(&process, rows, cols).map(|()| Response::Ok),
         Request::CloseStdin(p) => m.close_stdin(&p).map(|()| Response::Ok),
+        Request::DeleteProcess(p) => m.delete_exec(&p).map(|()| Response::Ok),
         Request::DeleteContainer { id, force } => m.delete(&id, force).map(|()| Response::Ok),
         Request::Hello { .. } | Request::Shutdown | Request::SubscribeEvents => {
             Err(moat_protocol::ErrorReply::new(

@@ -223,6 +223,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::ResumeContainer { .. } => "ResumeContainer",
         Request::ResizeTty { .. } => "ResizeTty",
         Request::CloseStdin(_) => "CloseStdin",
+        Request::DeleteProcess(_) => "DeleteProcess",
         Request::DeleteContainer { .. } => "DeleteContainer",
         Request::SubscribeEvents => "SubscribeEvents",
     }

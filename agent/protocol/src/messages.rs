@@ -98,6 +98,9 @@ pub enum Request {
     },
     /// Close a process's stdin (the process sees end of file).
     CloseStdin(ProcessRef),
+    /// Forget an exec that has exited (its status, its stdio); the agent keeps each exec until
+    /// this, or until too many exited ones pile up.
+    DeleteProcess(ProcessRef),
     /// Remove a stopped container (or, with `force`, kill it first) and everything it made.
     DeleteContainer {
         /// Container id.
@@ -225,6 +228,7 @@ mod tests {
             all: false,
         });
         round_trip(Request::WaitProcess(p.clone()));
+        round_trip(Request::DeleteProcess(p.clone()));
         round_trip(Request::ResizeTty {
             process: p.clone(),
             rows: 24,

@@ -83,6 +83,17 @@ struct Container {
     seccomp: (Vec<BpfProgram>, u32),
 }
 
+/// Exited execs a container keeps for a host that never deletes them (`DeleteProcess`):
+/// past this, the exited ones are forgotten before a new exec is added.
+const MAX_EXECS: usize = 1024;
+
+/// Bounds the exec table: once it holds [`MAX_EXECS`] entries, drops every exited one.
+fn forget_exited_execs(execs: &mut HashMap<String, Proc>) {
+    if execs.len() >= MAX_EXECS {
+        execs.retain(|_, p| p.exit.get().is_none());
+    }
+}
+
 /// Settings that differ between the guest and the host-integration tests.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -531,6 +542,7 @@ impl Manager {
         launched.start().map_err(|e| invalid(e.to_string()))?;
         let exit = Arc::new(ExitCell::default());
         let ports = io.ports;
+        forget_exited_execs(&mut guard.execs);
         guard.execs.insert(
             req.exec_id.clone(),
             Proc {
@@ -681,6 +693,28 @@ impl Manager {
     /// Closes a process's stdin.
     pub fn close_stdin(&self, p: &ProcessRef) -> Reply<()> {
         self.with_proc(p, |pr| pr.io.close_stdin())
+    }
+
+    /// Forgets an exec that has exited: its status, and its stdio ports if the host never
+    /// connected them.
+    pub fn delete_exec(&self, p: &ProcessRef) -> Reply<()> {
+        let Some(exec_id) = &p.exec_id else {
+            return Err(invalid(
+                "DeleteProcess: exec_id is missing (a container's init goes with DeleteContainer)",
+            ));
+        };
+        let (pid, exited) = self.with_proc(p, |pr| (pr.pid, pr.exit.get().is_some()))?;
+        if !exited {
+            return Err(precondition(format!(
+                "exec {exec_id:?} (pid {pid}) is still running: kill it first"
+            )));
+        }
+        let c = self.get(&p.id)?;
+        c.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .execs
+            .remove(exec_id);
+        Ok(())
     }
 
     /// Removes a container; with `force` a running one is killed first.

@@ -58,6 +58,18 @@ pub struct ProcessIo {
     master_tx: Mutex<Option<std::sync::mpsc::Sender<Arc<File>>>>,
     /// The agent's end of the stdin pipe, taken by `close_stdin`.
     stdin: Arc<Mutex<Option<File>>>,
+    /// Held while the process is known: dropping it (a launch that failed, a deleted exec or
+    /// container) wakes pumps still waiting for the host, which then close their listener
+    /// and pipe at once rather than after [`CONNECT_TIMEOUT`].
+    _abandon: Option<OwnedFd>,
+}
+
+/// The pumps' side of [`ProcessIo`]'s abandon pipe: readable (end of file) once it is dropped.
+type Abandoned = Arc<OwnedFd>;
+
+fn abandon_pipe() -> Result<(Abandoned, OwnedFd), StdioError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(setup("pipe"))?;
+    Ok((Arc::new(r), w))
 }
 
 impl ProcessIo {
@@ -75,13 +87,14 @@ impl ProcessIo {
             })
         };
         let stdin_slot = Arc::new(Mutex::new(None));
+        let (abandoned, abandon) = abandon_pipe()?;
         if terminal {
             // The pty is opened by the container process from the container's own
             // /dev/ptmx (so that it is /dev/pts/N and /dev/console there, as with runc); its
             // master arrives later through `set_master`.
             let _ = size;
             let (tx, rx) = std::sync::mpsc::channel();
-            let port = listen_and_pump_tty(rx)?;
+            let port = listen_and_pump_tty(rx, abandoned)?;
             return Ok(Self {
                 child: Vec::new(),
                 ports: StdioPorts {
@@ -91,13 +104,17 @@ impl ProcessIo {
                 master: Mutex::new(None),
                 master_tx: Mutex::new(Some(tx)),
                 stdin: stdin_slot,
+                _abandon: Some(abandon),
             });
         }
         let mut ports = StdioPorts::default();
         let stdin_fd = if req.stdin {
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(setup("pipe"))?;
             *stdin_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(File::from(w));
-            ports.stdin = Some(listen_and_pump_in(Arc::clone(&stdin_slot))?);
+            ports.stdin = Some(listen_and_pump_in(
+                Arc::clone(&stdin_slot),
+                Arc::clone(&abandoned),
+            )?);
             r
         } else {
             null()?
@@ -107,7 +124,7 @@ impl ProcessIo {
                 return null();
             }
             let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(setup("pipe"))?;
-            *port = Some(listen_and_pump_out(File::from(r))?);
+            *port = Some(listen_and_pump_out(File::from(r), Arc::clone(&abandoned))?);
             Ok(w)
         };
         let stdout_fd = out(req.stdout, &mut ports.stdout)?;
@@ -118,6 +135,7 @@ impl ProcessIo {
             master: Mutex::new(None),
             master_tx: Mutex::new(None),
             stdin: stdin_slot,
+            _abandon: Some(abandon),
         })
     }
 
@@ -138,6 +156,7 @@ impl ProcessIo {
             master: Mutex::new(None),
             master_tx: Mutex::new(None),
             stdin: Arc::new(Mutex::new(None)),
+            _abandon: None,
         })
     }
 
@@ -230,19 +249,36 @@ fn listen() -> Result<(u32, OwnedFd), StdioError> {
     })
 }
 
-/// Waits (bounded) for the host to connect to `listener`.
-fn accept_one(listener: OwnedFd) -> Option<File> {
+/// Waits (bounded) for the host to connect to `listener`; `None` at the timeout or once
+/// the process is abandoned.
+fn accept_one(listener: OwnedFd, abandoned: &Abandoned) -> Option<File> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    let ms = CONNECT_TIMEOUT.as_millis().min(i32::MAX as u128) as i32;
-    match poll(
-        &mut fds,
-        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-    ) {
-        Ok(n) if n > 0 => nix::sys::socket::accept(&listener).ok().map(File::from),
-        _ => {
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
             crate::warn!("the host did not connect a stdio stream in {CONNECT_TIMEOUT:?}");
-            None
+            return None;
+        }
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(abandoned.as_fd(), PollFlags::POLLIN),
+        ];
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+            Ok(_) => {}
+        }
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[1]) {
+            return None;
+        }
+        if ready(&fds[0]) {
+            return nix::sys::socket::accept(&listener).ok().map(File::from);
         }
     }
 }
@@ -253,10 +289,10 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
     }
 }
 
-fn listen_and_pump_out(mut pipe: File) -> Result<u32, StdioError> {
+fn listen_and_pump_out(mut pipe: File, abandoned: Abandoned) -> Result<u32, StdioError> {
     let (port, listener) = listen()?;
     spawn("stdout-pump", move || {
-        let Some(mut conn) = accept_one(listener) else {
+        let Some(mut conn) = accept_one(listener, &abandoned) else {
             return;
         };
         copy(&mut pipe, &mut conn);
@@ -265,10 +301,13 @@ fn listen_and_pump_out(mut pipe: File) -> Result<u32, StdioError> {
     Ok(port)
 }
 
-fn listen_and_pump_in(slot: Arc<Mutex<Option<File>>>) -> Result<u32, StdioError> {
+fn listen_and_pump_in(
+    slot: Arc<Mutex<Option<File>>>,
+    abandoned: Abandoned,
+) -> Result<u32, StdioError> {
     let (port, listener) = listen()?;
     spawn("stdin-pump", move || {
-        let Some(mut conn) = accept_one(listener) else {
+        let Some(mut conn) = accept_one(listener, &abandoned) else {
             slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             return;
         };
@@ -290,10 +329,13 @@ fn listen_and_pump_in(slot: Arc<Mutex<Option<File>>>) -> Result<u32, StdioError>
     Ok(port)
 }
 
-fn listen_and_pump_tty(master: std::sync::mpsc::Receiver<Arc<File>>) -> Result<u32, StdioError> {
+fn listen_and_pump_tty(
+    master: std::sync::mpsc::Receiver<Arc<File>>,
+    abandoned: Abandoned,
+) -> Result<u32, StdioError> {
     let (port, listener) = listen()?;
     spawn("tty-pump", move || {
-        let Some(conn) = accept_one(listener) else {
+        let Some(conn) = accept_one(listener, &abandoned) else {
             return;
         };
         let Ok(master) = master.recv_timeout(CONNECT_TIMEOUT) else {

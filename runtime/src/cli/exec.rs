@@ -195,11 +195,14 @@ fn run_exec(
         });
     }
     agent.set_timeout(None)?;
-    let status = match agent.call("WaitProcess", Request::WaitProcess(p)) {
+    let status = match agent.call("WaitProcess", Request::WaitProcess(p.clone())) {
         Ok(Response::Exited { status }) => status,
         Ok(other) => bail!("unexpected answer to WaitProcess: {other:?}"),
         Err(e) => return Err(e.into()),
     };
     pumps.finish(Duration::from_secs(10));
+    // The agent keeps an exec until told to forget it (or until many have piled up).
+    let _ = agent.set_timeout(Some(Duration::from_secs(10)));
+    let _ = agent.call("DeleteProcess", Request::DeleteProcess(p));
     Ok(status)
 }

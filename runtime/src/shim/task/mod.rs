@@ -395,6 +395,16 @@ impl Inner {
             if let Some(c) = self.state().containers.get_mut(&req.id) {
                 c.execs.remove(&req.exec_id);
             }
+            let vm = self.state().vm.clone();
+            if let Some(vm) = vm.filter(|vm| vm.is_alive()) {
+                let p = moat_protocol::ProcessRef {
+                    id: req.id.clone(),
+                    exec_id: Some(req.exec_id.clone()),
+                };
+                if let Err(e) = vm.call("DeleteProcess", Request::DeleteProcess(p)) {
+                    containerd_shim::warn!("forgetting exec {} in the guest: {e}", req.exec_id);
+                }
+            }
             return Ok(resp);
         }
         let vm = self.state().vm.clone();
