@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the guest (kernel, static agent, initramfs) and installs moat and the guest where
 # the defaults look for them:
-#   /usr/local/bin/moat, /usr/local/bin/containerd-shim-moat-v2 (containerd finds it on PATH)
+#   /usr/local/bin/moat, /usr/local/bin/containerd-shim-moat-v2 (containerd finds it on PATH),
+#   /usr/local/bin/moat-vmm (the built-in VMM, found beside moat)
 #   /usr/local/share/moat/vmlinux, /usr/local/share/moat/initramfs.cpio
 # Idempotent: the kernel is cached by a hash of its inputs (guest-kernel/build.sh), cargo
 # builds are incremental, and files are replaced only when their content changed.
@@ -34,9 +35,12 @@ cargo build --quiet --release -p moat-agent --target x86_64-unknown-linux-musl
 cargo build --quiet --release -p moat
 install_if_changed target/release/moat "$bindir/moat" 0755
 install_if_changed target/release/containerd-shim-moat-v2 "$bindir/containerd-shim-moat-v2" 0755
+# The built-in VMM's process (docs/adr/0007): static, as Firecracker ships.
+cargo build --quiet --release -p moat-vmm --target x86_64-unknown-linux-musl
+install_if_changed target/x86_64-unknown-linux-musl/release/moat-vmm "$bindir/moat-vmm" 0755
 
 target/release/moat initramfs --agent target/x86_64-unknown-linux-musl/release/moat-agent \
   --output target/initramfs.cpio >/dev/null
 install_if_changed target/initramfs.cpio "$share/initramfs.cpio" 0644
 
-echo "build-guest: installed $bindir/moat, $bindir/containerd-shim-moat-v2, $share/vmlinux ($(stat -c %s "$share/vmlinux") bytes), $share/initramfs.cpio ($(stat -c %s "$share/initramfs.cpio") bytes)" >&2
+echo "build-guest: installed $bindir/moat, $bindir/containerd-shim-moat-v2, $bindir/moat-vmm, $share/vmlinux ($(stat -c %s "$share/vmlinux") bytes), $share/initramfs.cpio ($(stat -c %s "$share/initramfs.cpio") bytes)" >&2

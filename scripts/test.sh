@@ -42,9 +42,8 @@ for target in $(cd fuzz && cargo +nightly fuzz list); do
   rm -f "$log"
 done
 
-step "host-integration binaries: the agent's host mode, the static in-container checker, moat-vmm"
+step "host-integration binaries: the agent's host mode, the static in-container checker"
 cargo build --quiet -p moat-agent
-cargo build --quiet --release -p moat-vmm
 cargo build --quiet -p moat-tests --bin moat-checker --release --target x86_64-unknown-linux-musl
 
 step "host-integration and VM tiers (root, QEMU)"

@@ -10,10 +10,10 @@
 //! two patches in `guest-kernel/patches/pvm/`) and [`PVM_EMULATION_CMDLINE`]. It is what the
 //! built-in VMM's boot test uses here; containers never take this path.
 //!
-//! Wiring (for the CLI and the sandbox): `config::Backend::choose` can return
-//! [`auto_vmm`]'s answer for `Backend::Auto` and accept `Backend::Builtin` where
-//! [`builtin_support`] is [`BuiltinSupport::Full`], once the sandbox process starts the
-//! built-in VMM; `moat check` can print [`builtin_support`]'s line.
+//! `config::Backend::choose` returns [`auto_vmm`]'s answer for `Backend::Auto` and accepts
+//! `Backend::Builtin` only where [`builtin_support`] is [`BuiltinSupport::Full`]; the
+//! sandbox process, the shim and `moat boot` start what it chose through `guest::GuestVm`;
+//! `moat check` prints [`builtin_support`]'s line.
 
 use std::path::{Path, PathBuf};
 
@@ -37,12 +37,12 @@ impl BuiltinSupport {
     /// For `moat check`.
     pub fn describe(self) -> &'static str {
         match self {
-            BuiltinSupport::Full => "built-in VMM: available (hardware KVM)",
+            BuiltinSupport::Full => "available (hardware KVM): runs the guests",
             BuiltinSupport::BootOnly => {
-                "built-in VMM: boots the guest kernel only as far as init here \
-                 (PVM-only KVM emulates the guest; user space cannot run), so not used"
+                "boots the guest kernel only as far as init here (PVM-only KVM emulates the \
+                 guest; user space cannot run), so containers use QEMU"
             }
-            BuiltinSupport::None => "built-in VMM: unavailable (no usable /dev/kvm)",
+            BuiltinSupport::None => "unavailable (no usable /dev/kvm)",
         }
     }
 }

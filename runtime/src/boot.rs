@@ -16,6 +16,8 @@ use moat_protocol::{CONTROL_PORT, GUEST_CID};
 use moat_vmm::devices::virtio::vsock::vhost_user::VhostUserVsockError;
 use moat_vmm::devices::virtio::vsock::MetricsSnapshot;
 
+use crate::config::Vmm;
+use crate::guest::{GuestConfig, GuestVm};
 use crate::host;
 use crate::paths::GuestPaths;
 use crate::qemu::{Accel, QemuError, QemuVm, QemuVmConfig};
@@ -36,16 +38,14 @@ pub struct BootReport {
     pub ready_line: String,
     /// The agent's version, from `Hello`.
     pub agent_version: String,
-    /// QEMU start to the agent answering `Hello` over vsock.
+    /// VMM start to the agent answering `Hello` over vsock.
     pub to_ready: Duration,
     /// The `Hello` round trip on the connected stream.
     pub hello_rtt: Duration,
     /// Connection attempts until the agent accepted.
     pub attempts: u32,
-    /// QEMU start to QEMU exit.
+    /// VMM start to the guest's end.
     pub to_exit: Duration,
-    /// The vsock device's counters when the backend stopped.
-    pub vsock: MetricsSnapshot,
 }
 
 /// A failed boot.
@@ -74,6 +74,19 @@ pub enum BootError {
         /// Why it failed.
         #[source]
         source: AgentError,
+        /// The last lines of the serial console.
+        console_tail: String,
+    },
+    /// The built-in VMM could not start or failed.
+    #[error(transparent)]
+    Builtin(#[from] crate::builtin::BuiltinError),
+    /// The built-in VMM's guest ended while we waited for something, or ended badly.
+    #[error("the guest ended ({exit}) {when}; console tail:\n{console_tail}")]
+    BuiltinEnded {
+        /// Why it ended, from the VMM's report.
+        exit: String,
+        /// While doing what.
+        when: String,
         /// The last lines of the serial console.
         console_tail: String,
     },
@@ -134,6 +147,21 @@ impl VsockVm {
         vcpus: u32,
         memory_mib: u32,
     ) -> Result<Self, BootError> {
+        let accel = Accel::for_host(host::detect_kvm());
+        Self::start_accel(paths, workdir, cmdline_extra, fs, vcpus, memory_mib, accel)
+    }
+
+    /// As [`Self::start_with_fs_sized`], with QEMU's accelerator chosen by the caller
+    /// (`config::Backend::choose`).
+    pub fn start_accel(
+        paths: &GuestPaths,
+        workdir: &Path,
+        cmdline_extra: Vec<String>,
+        fs: Option<(PathBuf, String)>,
+        vcpus: u32,
+        memory_mib: u32,
+        accel: Accel,
+    ) -> Result<Self, BootError> {
         let uds = workdir.join("vsock.sock");
         let vu = workdir.join("vhost-vsock.sock");
         let backend =
@@ -142,7 +170,7 @@ impl VsockVm {
             qemu: paths.qemu.clone(),
             kernel: paths.kernel.clone(),
             initramfs: paths.initramfs.clone(),
-            accel: Accel::for_host(host::detect_kvm()),
+            accel,
             vcpus,
             memory_mib,
             console_log: workdir.join("console.log"),
@@ -158,38 +186,23 @@ impl VsockVm {
     /// (device not ready, nothing listening yet) until `timeout` after QEMU started; returns
     /// the client past `Hello` and the number of attempts.
     pub fn wait_for_agent(&mut self, timeout: Duration) -> Result<(AgentClient, u32), BootError> {
-        let deadline = self.vm.started() + timeout;
-        let mut attempts = 0;
-        let mut last = String::from("no attempt");
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(BootError::AgentTimeout {
-                    timeout,
-                    attempts,
-                    last,
-                    console_tail: self.vm.console_tail(),
-                });
-            }
-            attempts += 1;
-            match AgentClient::connect(&self.uds, CONTROL_PORT, left.min(ATTEMPT_TIMEOUT)) {
-                Ok(c) => return Ok((c, attempts)),
-                Err(AgentError::Connect(e)) if e.is_transient() => last = e.to_string(),
-                Err(source) => return Err(self.agent_error("saying Hello to the agent", source)),
-            }
+        let uds = self.uds.clone();
+        let started = self.vm.started();
+        wait_for_agent(&uds, started, timeout, || {
             // QEMU gone: its own error (status, console tail, stderr) says why.
             if let Ok(status) = self.vm.wait_exit(Duration::ZERO) {
-                return Err(BootError::Qemu(QemuError::Exited {
+                return Some(BootError::Qemu(QemuError::Exited {
                     status,
                     waiting_for: format!("the agent to answer on vsock port {CONTROL_PORT}"),
                     console_tail: self.vm.console_tail(),
                 }));
             }
             if self.backend.is_finished() {
-                return Err(BootError::BackendGone(self.vm.console_tail()));
+                return Some(BootError::BackendGone(self.vm.console_tail()));
             }
-            std::thread::sleep(RETRY_DELAY);
-        }
+            None
+        })
+        .map_err(|e| e.with_console(|| self.vm.console_tail()))
     }
 
     /// Wraps an agent error with the console tail.
@@ -224,22 +237,107 @@ impl VsockVm {
     }
 }
 
-/// Boots the guest once in `workdir` (sockets and console log there), waits until the agent
-/// answers `Hello` over vsock, asks it to shut down, and checks that QEMU exits 0 and the
-/// vsock backend stops.
+/// Why [`wait_for_agent`] gave up, before the console tail is added.
+#[derive(Debug)]
+pub enum WaitError {
+    /// The VM said it is gone.
+    Gone(BootError),
+    /// No answer in time.
+    Timeout {
+        /// The timeout.
+        timeout: Duration,
+        /// Connection attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: String,
+    },
+    /// The agent answered, but not as expected.
+    Agent(AgentError),
+}
+
+impl WaitError {
+    /// The [`BootError`], with the console's tail where it says something.
+    pub fn with_console(self, tail: impl FnOnce() -> String) -> BootError {
+        match self {
+            WaitError::Gone(e) => e,
+            WaitError::Timeout {
+                timeout,
+                attempts,
+                last,
+            } => BootError::AgentTimeout {
+                timeout,
+                attempts,
+                last,
+                console_tail: tail(),
+            },
+            WaitError::Agent(source) => BootError::Agent {
+                step: "saying Hello to the agent",
+                source,
+                console_tail: tail(),
+            },
+        }
+    }
+}
+
+/// Connects to the agent's control port through the hybrid socket `uds`, retrying while the
+/// guest is still coming up (device not ready, nothing listening yet) until `timeout` after
+/// `started`; `gone` says whether the VM has ended meanwhile. Returns the client past
+/// `Hello` and the number of attempts.
+pub fn wait_for_agent(
+    uds: &Path,
+    started: Instant,
+    timeout: Duration,
+    mut gone: impl FnMut() -> Option<BootError>,
+) -> Result<(AgentClient, u32), WaitError> {
+    let deadline = started + timeout;
+    let mut attempts = 0;
+    let mut last = String::from("no attempt");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(WaitError::Timeout {
+                timeout,
+                attempts,
+                last,
+            });
+        }
+        attempts += 1;
+        match AgentClient::connect(uds, CONTROL_PORT, left.min(ATTEMPT_TIMEOUT)) {
+            Ok(c) => return Ok((c, attempts)),
+            Err(AgentError::Connect(e)) if e.is_transient() => last = e.to_string(),
+            Err(source) => return Err(WaitError::Agent(source)),
+        }
+        if let Some(e) = gone() {
+            return Err(WaitError::Gone(e));
+        }
+        std::thread::sleep(RETRY_DELAY);
+    }
+}
+
+/// Boots the guest once with `vmm` in `workdir` (sockets and console log there), waits until
+/// the agent answers `Hello` over vsock, asks it to shut down, and checks that the guest ends
+/// cleanly (QEMU exits 0 and its vsock backend stops; the built-in VMM reports the guest's
+/// reset).
 pub fn boot_once(
     paths: &GuestPaths,
+    vmm: Vmm,
     workdir: &Path,
     timeout: Duration,
 ) -> Result<BootReport, BootError> {
-    let mut vm = VsockVm::start(paths, workdir, Vec::new())?;
+    let cfg = GuestConfig {
+        paths: paths.clone(),
+        vmm,
+        vcpus: 1,
+        memory_mib: 256,
+        cmdline_extra: Vec::new(),
+        fs: None,
+    };
+    let mut vm = GuestVm::start(&cfg, workdir)?;
     let (mut client, attempts) = vm.wait_for_agent(timeout)?;
-    let to_ready = vm.vm.started().elapsed();
+    let to_ready = vm.started().elapsed();
     // The agent prints its ready line before it serves, so it is on the console by now.
-    let ready_line = vm
-        .vm
-        .wait_for_console(READY_MARKER, Duration::from_secs(5))?;
-    let (to_exit, vsock) = vm.shutdown(&mut client, timeout)?;
+    let ready_line = vm.wait_for_console(READY_MARKER, Duration::from_secs(5))?;
+    let to_exit = vm.shutdown(&mut client, timeout)?;
     Ok(BootReport {
         ready_line,
         agent_version: client.agent_version().to_string(),
@@ -247,7 +345,6 @@ pub fn boot_once(
         hello_rtt: client.hello_rtt(),
         attempts,
         to_exit,
-        vsock,
     })
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{find_program, Backend, BackendChoice, Config, DEFAULT_CONFIG_PATH};
+use crate::config::{find_program, Backend, BackendChoice, Config, Vmm, DEFAULT_CONFIG_PATH};
 use crate::host::KvmKind;
 
 /// How long `<tool> --version` may take.
@@ -69,6 +69,8 @@ pub struct Probes {
     pub vhost_net: bool,
     /// `qemu-system-x86_64`.
     pub qemu: ToolProbe,
+    /// `moat-vmm`.
+    pub moat_vmm: ToolProbe,
     /// virtiofsd.
     pub virtiofsd: ToolProbe,
     /// The guest kernel.
@@ -89,6 +91,7 @@ impl Probes {
             vhost_vsock: Path::new("/dev/vhost-vsock").exists(),
             vhost_net: Path::new("/dev/vhost-net").exists(),
             qemu: probe_tool(&cfg.qemu),
+            moat_vmm: probe_tool(&cfg.moat_vmm),
             virtiofsd: probe_tool(&cfg.virtiofsd),
             kernel: probe_file(&cfg.kernel),
             initramfs: probe_file(&cfg.initramfs),
@@ -204,6 +207,12 @@ impl Report {
 
         line("host KVM", kvm_text(p.kvm).into());
         line(
+            "built-in VMM",
+            crate::backend::builtin_support(p.kvm).describe().into(),
+        );
+        let backend = p.backend.choose(p.kvm);
+        let builtin = matches!(&backend, Ok(c) if c.vmm == Vmm::Builtin);
+        line(
             "/dev/vhost-vsock",
             format!(
                 "{} (not needed: moat serves vsock to QEMU itself, over vhost-user)",
@@ -222,6 +231,13 @@ impl Report {
                 "install Debian's qemu-system-x86 (`apt-get install qemu-system-x86`)",
                 "MOAT_QEMU",
                 "qemu",
+            ),
+            (
+                "moat-vmm",
+                &p.moat_vmm,
+                "run scripts/build-guest.sh (it installs moat-vmm beside moat)",
+                "MOAT_VMM",
+                "moat_vmm",
             ),
             (
                 "virtiofsd",
@@ -244,6 +260,20 @@ impl Report {
                         path.display()
                     ));
                 }
+                ToolProbe::Missing { looked_for } if label == "qemu" && builtin => line(
+                    label,
+                    format!(
+                        "not found ({}; not needed: the built-in VMM runs the guests)",
+                        looked_for.display()
+                    ),
+                ),
+                ToolProbe::Missing { looked_for } if label == "moat-vmm" && !builtin => line(
+                    label,
+                    format!(
+                        "not found ({}; not needed: QEMU runs the guests)",
+                        looked_for.display()
+                    ),
+                ),
                 ToolProbe::Missing { looked_for } => {
                     let looked = looked_for.display();
                     line(label, format!("not found ({looked})"));
@@ -285,7 +315,6 @@ impl Report {
                 None => format!("none ({DEFAULT_CONFIG_PATH} does not exist: built-in defaults)"),
             },
         );
-        let backend = p.backend.choose(p.kvm);
         match &backend {
             Ok(choice) => line("backend", choice.why.clone()),
             Err(why) => {

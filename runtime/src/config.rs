@@ -13,6 +13,7 @@
 //! initramfs = "/usr/local/share/moat/initramfs.cpio"
 //! share_dir = "/usr/local/share/moat"           # where kernel and initramfs default to
 //! qemu = "qemu-system-x86_64"                   # a bare name is looked up on PATH
+//! moat_vmm = "/usr/local/bin/moat-vmm"          # the built-in VMM; default: beside moat, or PATH
 //! virtiofsd = "/usr/libexec/virtiofsd"          # default: PATH, ~/.cargo/bin, /usr/libexec
 //! backend = "auto"                              # "auto" | "qemu" | "builtin"
 //! log_level = "warn"                            # a level, or `target=level,...`
@@ -23,13 +24,13 @@
 //! memory_overhead_mib = 128 # added to a container's memory limit
 //! ```
 //!
-//! Relative paths in the file are relative to the file's directory; `qemu` and `virtiofsd`
-//! given as a bare name (no `/`) are looked up on `PATH` when started.
+//! Relative paths in the file are relative to the file's directory; `qemu`, `moat_vmm` and
+//! `virtiofsd` given as a bare name (no `/`) are looked up on `PATH` when started.
 //!
 //! # Environment
 //!
-//! `MOAT_KERNEL`, `MOAT_INITRAMFS`, `MOAT_SHARE_DIR`, `MOAT_QEMU`, `MOAT_VIRTIOFSD`,
-//! `MOAT_BACKEND`, `MOAT_LOG` (the log level). An empty variable counts as unset.
+//! `MOAT_KERNEL`, `MOAT_INITRAMFS`, `MOAT_SHARE_DIR`, `MOAT_QEMU`, `MOAT_VMM`,
+//! `MOAT_VIRTIOFSD`, `MOAT_BACKEND`, `MOAT_LOG` (the log level). An empty variable counts as unset.
 //!
 //! # Precedence
 //!
@@ -45,6 +46,7 @@ use oci_spec::runtime::Spec;
 use serde::Deserialize;
 
 use self::layers::{check_layer, env_layer, parse_file};
+use crate::backend::BuiltinSupport;
 use crate::host::KvmKind;
 use crate::paths::{GuestPaths, DEFAULT_SHARE_DIR};
 use crate::qemu::Accel;
@@ -107,12 +109,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// The built-in VMM on hardware KVM, QEMU otherwise (today: always QEMU).
+    /// The built-in VMM on hardware KVM, QEMU with TCG otherwise.
     #[default]
     Auto,
     /// QEMU, with KVM where it is hardware-backed and TCG elsewhere.
     Qemu,
-    /// moat's built-in VMM (needs hardware KVM; not available yet).
+    /// moat's built-in VMM (needs hardware KVM).
     Builtin,
 }
 
@@ -160,33 +162,37 @@ impl Backend {
     /// The VMM for this setting on a host with this KVM; an error a person can act on when
     /// the setting cannot be honoured.
     pub fn choose(self, kvm: KvmKind) -> Result<BackendChoice, String> {
-        if self == Backend::Builtin {
-            return Err(
-                "backend = \"builtin\", but the built-in VMM is not available yet: \
-                        set backend = \"auto\" or \"qemu\" (or MOAT_BACKEND)"
-                    .into(),
-            );
-        }
-        let accel = Accel::for_host(kvm);
-        let mut why = match kvm {
-            KvmKind::Hardware => {
-                "qemu with KVM: hardware KVM (the built-in VMM is not available yet)".to_string()
+        match self {
+            Backend::Auto => {
+                let (vmm, why) = crate::backend::auto_vmm(kvm);
+                Ok(BackendChoice {
+                    vmm,
+                    why: why.to_string(),
+                })
             }
-            KvmKind::PvmOnly => "qemu with TCG: /dev/kvm is PVM-only (kvm_pvm, no vmx/svm), \
-                                 which cannot run this guest's user space"
-                .to_string(),
-            KvmKind::Unknown => "qemu with TCG: /dev/kvm has no known backend \
-                                 (no kvm_intel/kvm_amd with vmx/svm, no kvm_pvm)"
-                .to_string(),
-            KvmKind::Absent => "qemu with TCG: no /dev/kvm".to_string(),
-        };
-        if self == Backend::Qemu {
-            why.push_str(" (backend = \"qemu\")");
+            Backend::Builtin => match crate::backend::builtin_support(kvm) {
+                BuiltinSupport::Full => Ok(BackendChoice {
+                    vmm: Vmm::Builtin,
+                    why: "built-in VMM: /dev/kvm is hardware KVM (backend = \"builtin\")".into(),
+                }),
+                BuiltinSupport::BootOnly | BuiltinSupport::None => Err(format!(
+                    "backend = \"builtin\", but the built-in VMM cannot run containers here \
+                     ({}): set backend = \"auto\" or \"qemu\" (or MOAT_BACKEND)",
+                    kvm.describe()
+                )),
+            },
+            Backend::Qemu => {
+                let accel = Accel::for_host(kvm);
+                let why = match accel {
+                    Accel::Kvm => "qemu with KVM: hardware KVM".to_string(),
+                    Accel::Tcg => crate::backend::auto_vmm(kvm).1.to_string(),
+                };
+                Ok(BackendChoice {
+                    vmm: Vmm::Qemu(accel),
+                    why: format!("{why} (backend = \"qemu\")"),
+                })
+            }
         }
-        Ok(BackendChoice {
-            vmm: Vmm::Qemu(accel),
-            why,
-        })
     }
 }
 
@@ -223,6 +229,8 @@ pub struct Overrides {
     pub share_dir: Option<PathBuf>,
     /// QEMU binary.
     pub qemu: Option<PathBuf>,
+    /// moat-vmm binary.
+    pub moat_vmm: Option<PathBuf>,
     /// virtiofsd binary.
     pub virtiofsd: Option<PathBuf>,
     /// Backend.
@@ -246,6 +254,8 @@ pub struct Config {
     pub initramfs: PathBuf,
     /// `qemu-system-x86_64` (a bare name is looked up on `PATH`).
     pub qemu: PathBuf,
+    /// `moat-vmm`, the built-in VMM's process (a bare name is looked up on `PATH`).
+    pub moat_vmm: PathBuf,
     /// virtiofsd.
     pub virtiofsd: PathBuf,
     /// Which VMM to use; see [`Backend::choose`].
@@ -314,6 +324,7 @@ impl Config {
             kernel: share.join("vmlinux"),
             initramfs: share.join("initramfs.cpio"),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            moat_vmm: PathBuf::new(),
             virtiofsd: PathBuf::new(),
             backend: Backend::Auto,
             vm: VmDefaults::default(),
@@ -329,6 +340,9 @@ impl Config {
         cfg.apply(cli);
         if cfg.virtiofsd.as_os_str().is_empty() {
             cfg.virtiofsd = find_virtiofsd(&env);
+        }
+        if cfg.moat_vmm.as_os_str().is_empty() {
+            cfg.moat_vmm = default_moat_vmm();
         }
         Ok(cfg)
     }
@@ -346,6 +360,7 @@ impl Config {
         set(&mut self.kernel, &o.kernel);
         set(&mut self.initramfs, &o.initramfs);
         set(&mut self.qemu, &o.qemu);
+        set(&mut self.moat_vmm, &o.moat_vmm);
         set(&mut self.virtiofsd, &o.virtiofsd);
         self.backend = o.backend.unwrap_or(self.backend);
         self.vm.vcpus = o.vcpus.unwrap_or(self.vm.vcpus);
@@ -362,6 +377,7 @@ impl Config {
             kernel: self.kernel.clone(),
             initramfs: self.initramfs.clone(),
             qemu: self.qemu.clone(),
+            moat_vmm: self.moat_vmm.clone(),
         }
     }
 
@@ -476,6 +492,16 @@ fn find_virtiofsd(env: &impl Fn(&str) -> Option<OsString>) -> PathBuf {
                 .filter(|p| p.is_file())
         })
         .unwrap_or_else(|| PathBuf::from("/usr/libexec/virtiofsd"))
+}
+
+/// `moat-vmm` beside the running binary (`scripts/build-guest.sh` installs `moat`, the shim
+/// and `moat-vmm` together), else the bare name, looked up on `PATH`.
+fn default_moat_vmm() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("moat-vmm"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("moat-vmm"))
 }
 
 /// A program as it would be started: a name with a `/` as it is, a bare name looked up on

@@ -7,7 +7,8 @@
 //! - [`spec_cmd`]: `moat spec` and `moat features`.
 //! - [`initramfs`]: the guest image builder.
 //! - [`qemu`]: the QEMU backend.
-//! - [`backend`]: which VMM runs a sandbox; [`builtin`]: the built-in VMM in this process.
+//! - [`backend`]: which VMM runs a sandbox; [`builtin`]: the built-in VMM in this process;
+//!   [`guest`]: one sandbox guest, whichever VMM runs it.
 //! - [`vsock`]: host↔guest vsock: the hybrid-socket client, the agent client, the backend.
 //! - [`shim`]: `containerd-shim-moat-v2`, one VM per pod.
 
@@ -18,6 +19,7 @@ pub mod bundle;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod guest;
 pub mod hooks;
 pub mod host;
 pub mod initramfs;

@@ -15,10 +15,13 @@ pub struct GuestPaths {
     pub initramfs: PathBuf,
     /// `qemu-system-x86_64`.
     pub qemu: PathBuf,
+    /// `moat-vmm`.
+    pub moat_vmm: PathBuf,
 }
 
 impl GuestPaths {
-    /// Defaults, with `MOAT_KERNEL`, `MOAT_INITRAMFS` and `MOAT_QEMU` taking precedence.
+    /// Defaults, with `MOAT_KERNEL`, `MOAT_INITRAMFS`, `MOAT_QEMU` and `MOAT_VMM` taking
+    /// precedence.
     pub fn from_env() -> Self {
         Self::from_lookup(|k| std::env::var_os(k))
     }
@@ -33,6 +36,7 @@ impl GuestPaths {
             kernel: or("MOAT_KERNEL", share.join("vmlinux")),
             initramfs: or("MOAT_INITRAMFS", share.join("initramfs.cpio")),
             qemu: or("MOAT_QEMU", PathBuf::from("qemu-system-x86_64")),
+            moat_vmm: or("MOAT_VMM", PathBuf::from("moat-vmm")),
         }
     }
 }

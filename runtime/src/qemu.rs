@@ -319,10 +319,17 @@ impl Drop for QemuVm {
     }
 }
 
+/// The last lines of a console log the guest writes, read in bounded chunks.
+pub fn file_tail(path: &Path) -> String {
+    let mut r = ConsoleReader::new(path);
+    let _ = r.poll_for("\0");
+    r.tail()
+}
+
 /// Reads a console log file incrementally. The guest writes it, so everything is bounded:
 /// a line longer than [`MAX_LINE`] is cut, and only the last [`TAIL_LINES`] are kept.
 #[derive(Debug)]
-struct ConsoleReader {
+pub(crate) struct ConsoleReader {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
@@ -333,7 +340,7 @@ const MAX_LINE: usize = 4096;
 const TAIL_LINES: usize = 40;
 
 impl ConsoleReader {
-    fn new(path: &Path) -> Self {
+    pub(crate) fn new(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
             offset: 0,
@@ -343,7 +350,7 @@ impl ConsoleReader {
     }
 
     /// Reads what is new; returns the first new complete line containing `needle`.
-    fn poll_for(&mut self, needle: &str) -> std::io::Result<Option<String>> {
+    pub(crate) fn poll_for(&mut self, needle: &str) -> std::io::Result<Option<String>> {
         let mut f = File::open(&self.path)?;
         f.seek(SeekFrom::Start(self.offset))?;
         let mut chunk = [0u8; 16 * 1024];
@@ -378,7 +385,13 @@ impl ConsoleReader {
         Ok(found)
     }
 
-    fn tail(&self) -> String {
+    /// The log file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last lines read, and the partial line after them.
+    pub(crate) fn tail(&self) -> String {
         let mut s: Vec<&str> = self.tail.iter().map(String::as_str).collect();
         let partial = String::from_utf8_lossy(&self.partial);
         if !partial.is_empty() {

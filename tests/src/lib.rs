@@ -30,6 +30,15 @@ pub fn guest_paths() -> GuestPaths {
     p
 }
 
+/// The VMM moat picks on this host by default (`backend = "auto"`): the built-in VMM on
+/// hardware KVM, QEMU with TCG elsewhere.
+pub fn vmm() -> moat::config::Vmm {
+    moat::config::Backend::Auto
+        .choose(moat::host::detect_kvm())
+        .expect("the automatic backend choice never fails")
+        .vmm
+}
+
 pub mod bundle;
 pub mod cli;
 pub mod host;

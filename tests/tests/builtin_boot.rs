@@ -6,8 +6,8 @@
 //! command line ([`moat::backend::KernelVariant`]); it boots to `Run /init as init process`
 //! (about a minute of instruction emulation), and no further: user space cannot run there.
 //!
-//! What the tests need (scripts/test.sh builds it): `moat-vmm`
-//! (`cargo build --release -p moat-vmm`, or `$MOAT_VMM_BIN`), the guest from
+//! What the tests need (scripts/test.sh builds it): `moat-vmm` (`cargo build --release -p
+//! moat-vmm --target x86_64-unknown-linux-musl`, or `$MOAT_VMM_BIN`), the guest from
 //! `scripts/build-guest.sh` (which also installs `vmlinux-pvm` on PVM hosts), virtiofsd, and
 //! root for the tap device.
 
@@ -31,13 +31,13 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn vmm_bin() -> PathBuf {
     let p = std::env::var_os("MOAT_VMM_BIN").map_or_else(
-        || moat_tests::bundle::target_dir().join("release/moat-vmm"),
+        || moat_tests::bundle::target_dir().join("x86_64-unknown-linux-musl/release/moat-vmm"),
         PathBuf::from,
     );
     assert!(
         p.is_file(),
-        "{} is missing: run `cargo build --release -p moat-vmm` (or set MOAT_VMM_BIN); \
-         scripts/test.sh does",
+        "{} is missing: run `cargo build --release -p moat-vmm --target \
+         x86_64-unknown-linux-musl` (or set MOAT_VMM_BIN); scripts/test.sh does",
         p.display()
     );
     p
@@ -344,6 +344,104 @@ fn hw_kvm_builtin_vmm_runs_a_container_through_the_agent() {
     let kvm = detect_kvm();
     assert_eq!(kvm, KvmKind::Hardware, "{}", kvm.describe());
     container::run_one();
+}
+
+/// The runtime's way of running the built-in VMM: `moat-vmm` as a child process
+/// ([`moat::builtin::process::VmmProcess`]). It is ready once built (its vsock socket
+/// listening), says why when it cannot start, and stops with its report.
+#[test]
+#[ignore = "VM tier: needs /dev/kvm and the built guest; run by scripts/test.sh"]
+fn builtin_vmm_process_starts_reports_and_stops() {
+    use moat::builtin::process::VmmProcess;
+    let kvm = kvm_or_fail();
+    let (kernel, _) = kernel_for_host(kvm);
+    let paths = moat_tests::guest_paths();
+    let dir = TempDir::new("builtin-process").unwrap();
+    let cfg = BuiltinVmConfig {
+        kernel: dir.0.join("no-such-vmlinux"),
+        initramfs: paths.initramfs.clone(),
+        variant: KernelVariant::for_host(kvm),
+        vcpus: 1,
+        memory_mib: 256,
+        console_log: dir.0.join("console.log"),
+        cmdline_extra: Vec::new(),
+        vsock_uds: dir.0.join("vsock.sock"),
+        fs: None,
+    };
+    let log = dir.0.join("vmm.log");
+    let e = VmmProcess::spawn(&vmm_bin(), &cfg, &log).unwrap_err();
+    assert!(e.to_string().contains("no-such-vmlinux"), "{e}");
+    // A kernel moat-vmm cannot load: its own error comes back.
+    let bogus = dir.0.join("bogus-vmlinux");
+    std::fs::write(&bogus, b"not an ELF file").unwrap();
+    let e = VmmProcess::spawn(
+        &vmm_bin(),
+        &BuiltinVmConfig {
+            kernel: bogus,
+            ..cfg.clone()
+        },
+        &log,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("moat-vmm exited (exit status: 1): moat-vmm:"),
+        "{e}"
+    );
+    let real = BuiltinVmConfig {
+        kernel,
+        ..cfg.clone()
+    };
+    let e = VmmProcess::spawn(&dir.0.join("no-moat-vmm"), &real, &log).unwrap_err();
+    assert!(e.to_string().contains("MOAT_VMM"), "{e}");
+
+    let t = Instant::now();
+    let mut vm = VmmProcess::spawn(&vmm_bin(), &real, &log).unwrap();
+    let ready = t.elapsed();
+    assert!(vm.uds().exists());
+    assert_eq!(
+        vm.wait_exit(Duration::from_millis(200)),
+        None,
+        "{}",
+        vm.stderr_tail()
+    );
+    assert!(!vm.ended_cleanly());
+    vm.kill();
+    assert_eq!(
+        vm.exit_reason().as_deref(),
+        Some("stopped by the host"),
+        "{}",
+        vm.stderr_tail()
+    );
+    assert!(
+        !vm.ended_cleanly(),
+        "a stop by the host is not the guest's own end"
+    );
+    println!("moat-vmm as a process: ready (built, vsock listening) {ready:?} after spawn");
+}
+
+/// `moat boot`'s path with the backend `auto` picks on hardware KVM: the agent answers over
+/// the built-in VMM's inline vsock device and the guest's power-off ends the VMM cleanly.
+#[test]
+#[ignore = "needs hardware KVM (kvm_intel/kvm_amd); on PVM-only hosts user space cannot run"]
+fn hw_kvm_boot_once_with_the_automatic_backend_is_the_builtin_vmm() {
+    let kvm = detect_kvm();
+    assert_eq!(kvm, KvmKind::Hardware, "{}", kvm.describe());
+    let vmm = moat_tests::vmm();
+    assert_eq!(vmm, moat::config::Vmm::Builtin);
+    let dir = TempDir::new("builtin-boot-once").unwrap();
+    let r = moat::boot::boot_once(
+        &moat_tests::guest_paths(),
+        vmm,
+        &dir.0,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    println!(
+        "built-in VMM: agent ready after {:.3} s, guest ended after {:.3} s",
+        r.to_ready.as_secs_f64(),
+        r.to_exit.as_secs_f64()
+    );
 }
 
 mod container {

@@ -9,7 +9,7 @@ use moat::boot::{boot_once, secs, TempDir, READY_MARKER};
 fn guest_boots_to_agent_ready_and_powers_off() {
     let paths = moat_tests::guest_paths();
     let dir = TempDir::new("boot-test").unwrap();
-    let report = boot_once(&paths, &dir.0, Duration::from_secs(90)).unwrap();
+    let report = boot_once(&paths, moat_tests::vmm(), &dir.0, Duration::from_secs(90)).unwrap();
     assert!(report.ready_line.contains(READY_MARKER));
     assert!(
         report

@@ -13,7 +13,8 @@
 //! - The event-loop thread: epoll, eventfd/timerfd, file I/O on the disk images (positioned
 //!   reads and writes, `fdatasync`, `fallocate`), Unix sockets for vsock and vhost-user
 //!   (`accept4`, `socket`, `connect`, `sendmsg`, `recvmsg`), `ioctl(FIONBIO/FIOCLEX)`,
-//!   `tgkill` (kicking vCPUs), and the allocator.
+//!   `tgkill` or `tkill` (kicking vCPUs: glibc's and musl's `pthread_kill`), and the
+//!   allocator.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -120,6 +121,8 @@ const VMM: &[i64] = &[
     libc::SYS_getpid,
     libc::SYS_gettid,
     libc::SYS_tgkill,
+    // musl's pthread_kill.
+    libc::SYS_tkill,
     libc::SYS_poll,
     libc::SYS_ppoll,
 ];

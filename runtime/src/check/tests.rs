@@ -13,6 +13,10 @@ fn good() -> Probes {
             path: "/usr/bin/qemu-system-x86_64".into(),
             version: "QEMU emulator version 7.2.22".into(),
         },
+        moat_vmm: ToolProbe::Found {
+            path: "/usr/local/bin/moat-vmm".into(),
+            version: "moat-vmm 0.1.0".into(),
+        },
         virtiofsd: ToolProbe::Found {
             path: "/root/.cargo/bin/virtiofsd".into(),
             version: "virtiofsd 1.14.0".into(),
@@ -80,7 +84,7 @@ fn each_kind_of_kvm() {
         (
             KvmKind::Hardware,
             "hardware KVM",
-            "qemu with KVM: hardware KVM (the built-in VMM is not available yet)",
+            "built-in VMM: /dev/kvm is hardware KVM",
             Accel::Kvm,
         ),
         (
@@ -100,7 +104,11 @@ fn each_kind_of_kvm() {
         assert!(r.ok());
         assert!(text(&r, "host KVM").contains(kvm_line), "{kvm:?}");
         assert!(text(&r, "backend").starts_with(backend_line), "{kvm:?}");
-        assert_eq!(r.backend.unwrap().vmm, Vmm::Qemu(accel));
+        let want = match kvm {
+            KvmKind::Hardware => Vmm::Builtin,
+            _ => Vmm::Qemu(accel),
+        };
+        assert_eq!(r.backend.unwrap().vmm, want);
     }
 }
 
@@ -168,16 +176,46 @@ fn missing_or_broken_tools_say_what_to_install() {
 }
 
 #[test]
-fn the_builtin_backend_is_not_available_yet() {
+fn the_builtin_backend_needs_hardware_kvm_and_then_no_qemu() {
+    // good() is a PVM-only host: the built-in VMM boots only to init there.
     let r = Report::new(&Probes {
-        kvm: KvmKind::Hardware,
         backend: Backend::Builtin,
         ..good()
     });
     assert!(!r.ok());
     assert!(r.backend.is_err());
     assert!(text(&r, "backend").starts_with("none: backend = \"builtin\""));
+    assert!(text(&r, "built-in VMM").contains("user space cannot run"));
     assert!(r.render().contains("not ok: 1 thing to fix"));
+    let hw = Report::new(&Probes {
+        kvm: KvmKind::Hardware,
+        backend: Backend::Builtin,
+        qemu: ToolProbe::Missing {
+            looked_for: "qemu-system-x86_64".into(),
+        },
+        ..good()
+    });
+    assert!(hw.ok(), "{}", hw.render());
+    assert_eq!(hw.backend.as_ref().unwrap().vmm, Vmm::Builtin);
+    assert!(text(&hw, "qemu").contains("not needed"));
+    // ... but moat-vmm is.
+    let no_vmm = Report::new(&Probes {
+        kvm: KvmKind::Hardware,
+        moat_vmm: ToolProbe::Missing {
+            looked_for: "moat-vmm".into(),
+        },
+        ..good()
+    });
+    assert!(!no_vmm.ok());
+    assert!(no_vmm.render().contains("MOAT_VMM"), "{}", no_vmm.render());
+    let pvm_no_vmm = Report::new(&Probes {
+        moat_vmm: ToolProbe::Missing {
+            looked_for: "moat-vmm".into(),
+        },
+        ..good()
+    });
+    assert!(pvm_no_vmm.ok(), "{}", pvm_no_vmm.render());
+    assert!(text(&hw, "built-in VMM").starts_with("available"));
     let q = Report::new(&Probes {
         backend: Backend::Qemu,
         ..good()

@@ -73,6 +73,11 @@ fn create_with(
     let p = prepare(id, bundle)?;
     let config = crate::config::Config::load()?;
     let paths = config.guest_paths();
+    let vmm = config
+        .backend
+        .choose(crate::host::detect_kvm())
+        .map_err(|e| anyhow!(e))?
+        .vmm;
     // The sandbox process starts virtiofsd by this path (config file < env < flags).
     std::env::set_var("MOAT_VIRTIOFSD", &config.virtiofsd);
     for (what, f) in [
@@ -116,6 +121,7 @@ fn create_with(
         bundle: p.bundle,
         spec: p.spec,
         paths,
+        vmm,
         vcpus,
         memory_mib,
         console_socket,

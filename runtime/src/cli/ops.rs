@@ -9,7 +9,6 @@ use moat_protocol::{LinuxResources, Request, Response};
 
 use super::Ctx;
 use crate::boot::{self, secs, TempDir};
-use crate::paths::GuestPaths;
 use crate::state::Status;
 
 /// `moat list`.
@@ -292,14 +291,24 @@ pub fn check() -> Result<i32> {
 
 /// `moat boot`.
 pub fn boot(runs: u32, timeout: Duration) -> Result<()> {
-    let paths = GuestPaths::from_env();
+    let config = crate::config::Config::load()?;
+    let paths = config.guest_paths();
+    let choice = config
+        .backend
+        .choose(crate::host::detect_kvm())
+        .map_err(|e| anyhow!(e))?;
+    let vmm = match choice.vmm {
+        crate::config::Vmm::Builtin => "the built-in VMM",
+        crate::config::Vmm::Qemu(_) => "QEMU",
+    };
+    println!("backend: {}", choice.why);
     let mut times = Vec::new();
     for i in 1..=runs.max(1) {
         let dir = TempDir::new("boot")?;
-        let r = boot::boot_once(&paths, &dir.0, timeout)?;
+        let r = boot::boot_once(&paths, choice.vmm, &dir.0, timeout)?;
         println!(
-            "boot {i}: agent {} answered Hello over vsock {} after QEMU start \
-             (Hello round trip {:.2} ms, {} attempt(s)); QEMU exited 0 after {}: {}",
+            "boot {i}: agent {} answered Hello over vsock {} after {vmm} started \
+             (Hello round trip {:.2} ms, {} attempt(s)); the guest ended cleanly after {}: {}",
             r.agent_version,
             secs(r.to_ready),
             r.hello_rtt.as_secs_f64() * 1000.0,
@@ -311,7 +320,7 @@ pub fn boot(runs: u32, timeout: Duration) -> Result<()> {
     }
     if let Some(m) = boot::median(times) {
         println!(
-            "median QEMU start to agent ready over {runs} boot(s): {}",
+            "median {vmm} start to agent ready over {runs} boot(s): {}",
             secs(m)
         );
     }

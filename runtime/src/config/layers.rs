@@ -16,6 +16,7 @@ struct FileConfig {
     initramfs: Option<PathBuf>,
     share_dir: Option<PathBuf>,
     qemu: Option<PathBuf>,
+    moat_vmm: Option<PathBuf>,
     virtiofsd: Option<PathBuf>,
     backend: Option<Backend>,
     #[serde(default, deserialize_with = "de_log_level")]
@@ -137,6 +138,7 @@ pub(super) fn parse_file(path: &Path, text: &str) -> Result<Overrides, ConfigErr
         initramfs: rel(f.initramfs),
         share_dir: rel(f.share_dir),
         qemu: prog(f.qemu),
+        moat_vmm: prog(f.moat_vmm),
         virtiofsd: prog(f.virtiofsd),
         backend: f.backend,
         vcpus: f.vm.vcpus,
@@ -166,6 +168,7 @@ pub(super) fn env_layer(env: &impl Fn(&str) -> Option<OsString>) -> Result<Overr
         initramfs: path("MOAT_INITRAMFS"),
         share_dir: path("MOAT_SHARE_DIR"),
         qemu: path("MOAT_QEMU"),
+        moat_vmm: path("MOAT_VMM"),
         virtiofsd: path("MOAT_VIRTIOFSD"),
         backend,
         log_level: get("MOAT_LOG").map(|v| v.to_string_lossy().into_owned()),
@@ -173,6 +176,7 @@ pub(super) fn env_layer(env: &impl Fn(&str) -> Option<OsString>) -> Result<Overr
     };
     check_layer(&layer, |field| match field {
         "log_level" => "MOAT_LOG".into(),
+        "moat_vmm" => "MOAT_VMM".into(),
         other => format!("MOAT_{}", other.to_ascii_uppercase()),
     })?;
     Ok(layer)

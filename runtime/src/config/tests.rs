@@ -219,17 +219,22 @@ fn backend_choice_per_host() {
          guest's user space"
     );
     let c = Backend::Auto.choose(KvmKind::Hardware).unwrap();
-    assert_eq!(c.vmm, Vmm::Qemu(Accel::Kvm));
-    assert!(
-        c.why.contains("built-in VMM is not available yet"),
-        "{}",
-        c.why
-    );
+    assert_eq!(c.vmm, Vmm::Builtin);
+    assert_eq!(c.why, "built-in VMM: /dev/kvm is hardware KVM");
+    let q = Backend::Qemu.choose(KvmKind::Hardware).unwrap();
+    assert_eq!(q.vmm, Vmm::Qemu(Accel::Kvm));
     assert_eq!(Backend::Auto.choose(KvmKind::Absent).unwrap().vmm, tcg);
     assert_eq!(Backend::Auto.choose(KvmKind::Unknown).unwrap().vmm, tcg);
     let q = Backend::Qemu.choose(KvmKind::Absent).unwrap();
     assert!(q.why.ends_with("(backend = \"qemu\")"), "{}", q.why);
-    assert!(Backend::Builtin.choose(KvmKind::Hardware).is_err());
+    assert_eq!(
+        Backend::Builtin.choose(KvmKind::Hardware).unwrap().vmm,
+        Vmm::Builtin
+    );
+    // PVM-only KVM boots the guest kernel only as far as init: no containers.
+    let e = Backend::Builtin.choose(KvmKind::PvmOnly).unwrap_err();
+    assert!(e.contains("cannot run user space"), "{e}");
+    assert!(Backend::Builtin.choose(KvmKind::Absent).is_err());
     assert_eq!("builtin".parse(), Ok(Backend::Builtin));
     assert_eq!(Backend::Qemu.to_string(), "qemu");
 }

@@ -2,7 +2,9 @@
 //! conmon or a shim sees it exit), it owns the VM for one container:
 //!
 //! 1. enters a private mount namespace and binds the rootfs and host volumes into the share;
-//! 2. starts the vsock backend (a thread), virtiofsd and QEMU (both die with it);
+//! 2. starts virtiofsd (it dies with this process) and the guest: QEMU with the vsock
+//!    backend on a thread (QEMU dies with it too), or the built-in VMM on threads of this
+//!    process, whichever `config::Backend::choose` picked;
 //! 3. waits for the agent, runs `createRuntime` and `prestart` hooks, creates the container;
 //! 4. connects the container's stdio to the fds `create` received, writes `state.json`,
 //!    and tells `create` it may return;
@@ -23,7 +25,8 @@ use std::time::Duration;
 
 use moat_protocol::{CreateContainer, ProcessRef, Request, Response, Spec, StdioRequest};
 
-use crate::boot::VsockVm;
+use crate::config::Vmm;
+use crate::guest::{GuestConfig, GuestVm};
 use crate::paths::GuestPaths;
 use crate::state::{ContainerState, Status, Store};
 use crate::virtiofsd::Virtiofsd;
@@ -48,6 +51,8 @@ pub struct SandboxConfig {
     pub spec: Spec,
     /// Guest kernel, initramfs, QEMU.
     pub paths: GuestPaths,
+    /// The VMM that runs the guest.
+    pub vmm: Vmm,
     /// vCPUs.
     pub vcpus: u32,
     /// Guest memory.
@@ -69,7 +74,7 @@ fn err(e: impl std::fmt::Display) -> SandboxError {
 
 /// The running sandbox, up to the container's exit.
 struct Running {
-    vm: VsockVm,
+    vm: GuestVm,
     fs: Virtiofsd,
     agent: AgentClient,
     pumps: stdio::Pumps,
@@ -117,15 +122,15 @@ fn setup(cfg: &SandboxConfig) -> Result<(Running, u32), SandboxError> {
         share::prepare(&share_dir, &cfg.id, &cfg.bundle, &cfg.spec).map_err(err)?;
     let fs = Virtiofsd::start(&share_dir, &dir.join("fs.sock"), &dir.join("virtiofsd.log"))
         .map_err(err)?;
-    let mut vm = VsockVm::start_with_fs_sized(
-        &cfg.paths,
-        &dir,
-        vec![format!("moat.share={SHARE_TAG}")],
-        Some((fs.socket().to_path_buf(), SHARE_TAG.into())),
-        cfg.vcpus,
-        cfg.memory_mib,
-    )
-    .map_err(err)?;
+    let guest = GuestConfig {
+        paths: cfg.paths.clone(),
+        vmm: cfg.vmm,
+        vcpus: cfg.vcpus,
+        memory_mib: cfg.memory_mib,
+        cmdline_extra: vec![format!("moat.share={SHARE_TAG}")],
+        fs: Some((fs.socket().to_path_buf(), SHARE_TAG.into())),
+    };
+    let mut vm = GuestVm::start(&guest, &dir).map_err(err)?;
     let (mut agent, _) = vm.wait_for_agent(BOOT_TIMEOUT).map_err(err)?;
     let state = ContainerState {
         oci_version: cfg.spec.version().clone(),
@@ -181,9 +186,9 @@ fn setup(cfg: &SandboxConfig) -> Result<(Running, u32), SandboxError> {
         Some(p) => stdio::TtyHost::ConsoleSocket(p.clone()),
         None => stdio::TtyHost::Inherit,
     });
-    let pumps = stdio::start(&vm.uds, started.stdio, [0, 1, 2], tty).map_err(err)?;
+    let pumps = stdio::start(vm.uds(), started.stdio, [0, 1, 2], tty).map_err(err)?;
     if let Some(fd) = pumps.tty_size_fd.clone() {
-        watch_resizes(&vm.uds, &cfg.id, fd, pumps.stopped());
+        watch_resizes(vm.uds(), &cfg.id, fd, pumps.stopped());
     }
     let state = ContainerState {
         status: Status::Created,
@@ -250,7 +255,7 @@ fn wait_for_exit(cfg: &SandboxConfig, r: &mut Running) -> i32 {
         exec_id: None,
     };
     let Ok(mut waiter) = AgentClient::connect(
-        &r.vm.uds,
+        r.vm.uds(),
         moat_protocol::CONTROL_PORT,
         Duration::from_secs(30),
     ) else {

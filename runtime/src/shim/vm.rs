@@ -1,9 +1,9 @@
-//! The pod's VM: virtiofsd serving the pod's share, the vsock backend and QEMU, the agent's
-//! connections, and the end of it all.
+//! The pod's VM: virtiofsd serving the pod's share, the guest (QEMU with the vsock backend,
+//! or the built-in VMM in this process), the agent's connections, and the end of it all.
 //!
 //! QEMU and virtiofsd die with the thread that started them (`PR_SET_PDEATHSIG`), and the
 //! ttrpc server's worker threads come and go, so one thread per VM starts them, stays to
-//! wait for QEMU's exit, and then calls back: a guest that dies is noticed at once.
+//! wait for the guest's end, and then calls back: a guest that dies is noticed at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use moat_protocol::{Request, Response, CONTROL_PORT};
 use nix::mount::{mount, MsFlags};
 
-use crate::boot::{BootError, VsockVm};
+use crate::boot::BootError;
+use crate::config::Vmm;
+use crate::guest::{GuestConfig, GuestVm};
 use crate::paths::GuestPaths;
 use crate::sandbox::SHARE_TAG;
 use crate::virtiofsd::{Virtiofsd, VirtiofsdError};
@@ -57,6 +59,8 @@ pub enum VmError {
 pub struct VmConfig {
     /// Kernel, initramfs, QEMU.
     pub paths: GuestPaths,
+    /// The VMM that runs the guest.
+    pub vmm: Vmm,
     /// vCPUs.
     pub vcpus: u32,
     /// Guest memory in MiB.
@@ -72,11 +76,12 @@ pub struct PodVm {
     pub share: PathBuf,
     /// The hybrid vsock socket.
     pub uds: PathBuf,
-    /// QEMU's pid.
-    pub qemu_pid: u32,
+    /// The pid of the process running the guest: QEMU's, or the shim's own for the built-in
+    /// VMM.
+    pub vmm_pid: u32,
     /// virtiofsd's pid.
     pub virtiofsd_pid: u32,
-    /// When QEMU was started.
+    /// When the VMM was started.
     pub started: Instant,
     alive: Arc<AtomicBool>,
     kill: Arc<AtomicBool>,
@@ -140,7 +145,7 @@ impl PodVm {
                 .map_err(|e| setup_err(dir, format!("spawning the VM thread: {e}")))?
         };
         let booted = rx.recv().unwrap_or(Err(VmError::Gone));
-        let (agent, qemu_pid, virtiofsd_pid, uds, started) = match booted {
+        let (agent, vmm_pid, virtiofsd_pid, uds, started) = match booted {
             Ok(b) => b,
             Err(e) => {
                 let _ = thread.join();
@@ -152,7 +157,7 @@ impl PodVm {
             dir: dir.to_path_buf(),
             share,
             uds,
-            qemu_pid,
+            vmm_pid,
             virtiofsd_pid,
             started,
             alive,
@@ -162,7 +167,7 @@ impl PodVm {
         }))
     }
 
-    /// Whether QEMU is still running.
+    /// Whether the guest is still running.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }
@@ -196,7 +201,7 @@ impl PodVm {
         })
     }
 
-    /// Kills QEMU (the VM thread reaps it and reports the guest gone).
+    /// Ends the guest now (the VM thread notices and reports it gone).
     pub fn kill(&self) {
         self.kill.store(true, Ordering::SeqCst);
     }
@@ -209,7 +214,7 @@ impl PodVm {
         Ok(c)
     }
 
-    /// Powers the guest off (the agent syncs and reboots; QEMU exits), or kills QEMU if it
+    /// Powers the guest off (the agent syncs and reboots; the VMM ends), or ends it if it
     /// does not go within `timeout`; waits for the VM thread, removes the state directory.
     pub fn shutdown(&self, timeout: Duration) {
         if self.is_alive() {
@@ -250,14 +255,15 @@ fn vm_thread(
             return;
         }
     };
-    let vm = VsockVm::start_with_fs_sized(
-        &cfg.paths,
-        dir,
-        vec![format!("moat.share={SHARE_TAG}")],
-        Some((fs.socket().to_path_buf(), SHARE_TAG.into())),
-        cfg.vcpus,
-        cfg.memory_mib,
-    );
+    let guest = GuestConfig {
+        paths: cfg.paths.clone(),
+        vmm: cfg.vmm,
+        vcpus: cfg.vcpus,
+        memory_mib: cfg.memory_mib,
+        cmdline_extra: vec![format!("moat.share={SHARE_TAG}")],
+        fs: Some((fs.socket().to_path_buf(), SHARE_TAG.into())),
+    };
+    let vm = GuestVm::start(&guest, dir);
     let mut vm = match vm {
         Ok(vm) => vm,
         Err(e) => {
@@ -270,10 +276,10 @@ fn vm_thread(
         Ok((agent, _)) => {
             let booted = (
                 agent,
-                vm.vm.pid(),
+                vm.pid(),
                 fs.pid(),
-                vm.uds.clone(),
-                vm.vm.started(),
+                vm.uds().to_path_buf(),
+                vm.started(),
             );
             if tx.send(Ok(booted)).is_err() {
                 kill.store(true, Ordering::SeqCst);
@@ -281,17 +287,17 @@ fn vm_thread(
         }
         Err(e) => {
             alive.store(false, Ordering::SeqCst);
-            vm.vm.kill();
+            vm.kill();
             let _ = tx.send(Err(e.into()));
             return;
         }
     }
     loop {
-        if vm.vm.wait_exit(Duration::from_millis(200)).is_ok() {
+        if vm.wait_exit(Duration::from_millis(200)) {
             break;
         }
         if kill.load(Ordering::SeqCst) {
-            vm.vm.kill();
+            vm.kill();
             break;
         }
     }

@@ -233,7 +233,10 @@ fn missing_guest_qemu_or_virtiofsd() {
         ("MOAT_QEMU", &["/nonexistent", "MOAT_QEMU"]),
         ("MOAT_VIRTIOFSD", &["/nonexistent", "MOAT_VIRTIOFSD"]),
     ] {
-        let m = Moat::new("nohelpers").with_env(var, "/nonexistent");
+        // The built-in VMM (hardware KVM) needs no QEMU: ask for QEMU explicitly.
+        let m = Moat::new("nohelpers")
+            .with_env(var, "/nonexistent")
+            .with_env("MOAT_BACKEND", "qemu");
         rejected(&m, &create_args(&b, "h1"), words, &[b.path()]);
         rejected(
             &m,
@@ -241,5 +244,31 @@ fn missing_guest_qemu_or_virtiofsd() {
             words,
             &[b.path()],
         );
+    }
+}
+
+#[test]
+#[ignore = "VM tier: needs QEMU, virtiofsd and the built guest; run by scripts/test.sh"]
+fn the_builtin_backend_only_where_it_can_run_containers() {
+    let b = busybox_bundle("builtin", &["echo", "hello from the built-in VMM"]);
+    let m = Moat::new("builtin").with_env("MOAT_BACKEND", "builtin");
+    let run = ["run", "--bundle", arg(b.path()), "v1"];
+    match moat::host::detect_kvm() {
+        moat::host::KvmKind::Hardware => {
+            let o = m.run(&run);
+            assert_eq!(o.code, 0, "{o}");
+            assert_eq!(o.stdout, "hello from the built-in VMM\n", "{o}");
+            m.assert_clean(&[b.path()]);
+        }
+        other => {
+            let line = rejected(
+                &m,
+                &create_args(&b, "v1"),
+                &["builtin", "cannot run containers"],
+                &[b.path()],
+            );
+            assert!(line.contains(other.describe()), "{line}");
+            rejected(&m, &run, &["builtin"], &[b.path()]);
+        }
     }
 }

@@ -149,11 +149,11 @@ fn bench_run_true_vs_bare_boot_vs_runc() {
     assert_eq!(boots.len(), RUNS, "{boot}");
     let ready: Vec<Duration> = boots
         .iter()
-        .map(|l| secs_before(l, " after QEMU start"))
+        .map(|l| secs_before(l, " after QEMU started"))
         .collect();
     let exit: Vec<Duration> = boots
         .iter()
-        .map(|l| secs_after(l, "QEMU exited 0 after "))
+        .map(|l| secs_after(l, "the guest ended cleanly after "))
         .collect();
 
     let runc_root = m.work().join("runc");

@@ -1,6 +1,7 @@
 //! `moat-vmm`: boots a guest with moat's built-in VMM.
 //!
 //! ```text
+//! moat-vmm --version
 //! moat-vmm --kernel vmlinux [--initrd init.cpio] [--cmdline "console=ttyS0 ..."]
 //!          [--vcpus 1] [--mem 256] [--console PATH|-|none]
 //!          [--blk PATH[,ro]]... [--net TAP[,mac=02:00:00:00:00:01]]...
@@ -130,7 +131,7 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
             }
             "--fs" => {
                 let v = val()?;
-                let (socket, tag) = v.split_once(',').ok_or("--fs SOCKET,TAG")?;
+                let (socket, tag) = v.rsplit_once(',').ok_or("--fs SOCKET,TAG")?;
                 cfg.fs.push(FsConfig {
                     socket: socket.into(),
                     tag: tag.into(),
@@ -154,6 +155,10 @@ fn parse(args: &[String]) -> Result<VmConfig, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("moat-vmm {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let cfg = match parse(&args) {
         Ok(c) => c,
         Err(e) => {

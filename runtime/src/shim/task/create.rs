@@ -150,8 +150,14 @@ impl Inner {
                     .as_ref()
                     .map_err(|e| TaskError::Precondition(e.clone()))?;
                 let size = moat.vm_size(spec);
+                let vmm = moat
+                    .backend
+                    .choose(crate::host::detect_kvm())
+                    .map_err(TaskError::Precondition)?
+                    .vmm;
                 let vm_cfg = VmConfig {
                     paths: moat.guest_paths(),
+                    vmm,
                     vcpus: cfg.vcpus.unwrap_or(size.vcpus),
                     memory_mib: cfg.memory_mib.unwrap_or(size.memory_mib),
                 };

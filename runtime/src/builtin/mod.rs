@@ -1,13 +1,18 @@
-//! The `builtin` backend: moat-vmm in the sandbox process, on a thread of its own.
+//! The `builtin` backend: moat's own VMM.
 //!
 //! The guest is the same as the QEMU backend's (kernel, initramfs, base command line, the
 //! agent's `moat.*` parameters); the differences are the plumbing: the vsock device runs
 //! inline in the VMM (its hybrid socket is the one the agent client connects to, no
-//! vhost-user backend thread), virtio-fs is a vhost-user frontend to the same virtiofsd, and
-//! the VM ends by returning from [`moat_vmm::vmm::Vmm::run`] rather than by a process exit.
+//! vhost-user backend thread), and virtio-fs is a vhost-user frontend to the same virtiofsd.
 //!
-//! The VMM's event loop runs on the thread [`BuiltinVm::spawn`] starts (which installs the
-//! VMM's seccomp filter on itself only), its vCPUs on their own threads.
+//! Two ways to run it, from one [`BuiltinVmConfig`]:
+//! - [`process::VmmProcess`]: the `moat-vmm` binary as a child process. The sandbox
+//!   process and the shim use this (docs/adr/0007-builtin-vmm-process.md).
+//! - [`BuiltinVm`]: the VMM on threads of this process (the event loop on the thread
+//!   [`BuiltinVm::spawn`] starts, which installs the VMM's seccomp filter on itself only;
+//!   the vCPUs on their own), with in-process pause and resume; the VMM's own tests use it.
+
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -36,6 +41,14 @@ pub enum BuiltinError {
     /// The VMM failed while running.
     #[error("running the VM: {0}")]
     Run(String),
+    /// The `moat-vmm` binary could not be started.
+    #[error("starting {bin}: {source} (run scripts/build-guest.sh, or set MOAT_VMM)")]
+    Spawn {
+        /// The binary.
+        bin: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The VMM thread could not be started, or panicked.
     #[error("the VMM thread: {0}")]
     Thread(String),
@@ -82,6 +95,31 @@ impl BuiltinVmConfig {
             c.push_str(e);
         }
         c
+    }
+
+    /// `moat-vmm`'s arguments for this guest.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |k: &str, v: std::ffi::OsString| {
+            a.push(k.into());
+            a.push(v);
+        };
+        push("--kernel", self.kernel.clone().into());
+        push("--initrd", self.initramfs.clone().into());
+        push("--cmdline", self.cmdline().into());
+        push("--vcpus", self.vcpus.to_string().into());
+        push("--mem", self.memory_mib.to_string().into());
+        push("--console", self.console_log.clone().into());
+        let mut vsock = std::ffi::OsString::from(format!("{},", moat_protocol::GUEST_CID));
+        vsock.push(&self.vsock_uds);
+        push("--vsock", vsock);
+        if let Some((socket, tag)) = &self.fs {
+            let mut fs = socket.clone().into_os_string();
+            fs.push(",");
+            fs.push(tag);
+            push("--fs", fs);
+        }
+        a
     }
 
     fn vm_config(&self) -> Result<VmConfig, BuiltinError> {
@@ -234,9 +272,12 @@ impl BuiltinVm {
 
     /// The last lines of the serial console.
     pub fn console_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.console_log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        crate::qemu::file_tail(&self.console_log)
+    }
+
+    /// The serial console log.
+    pub fn console_log(&self) -> &Path {
+        &self.console_log
     }
 }
 
@@ -264,6 +305,30 @@ mod tests {
             vsock_uds: "/tmp/v.sock".into(),
             fs: None,
         }
+    }
+
+    #[test]
+    fn moat_vmm_arguments() {
+        let mut c = cfg(KernelVariant::Default);
+        c.fs = Some(("/run/fs.sock".into(), "moatshare".into()));
+        let a: Vec<String> = c
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        let after = |k: &str| {
+            let i = a
+                .iter()
+                .position(|x| x == k)
+                .unwrap_or_else(|| panic!("{k} in {a:?}"));
+            a[i + 1].clone()
+        };
+        assert_eq!(after("--kernel"), "/k");
+        assert_eq!(after("--vsock"), "3,/tmp/v.sock");
+        assert_eq!(after("--fs"), "/run/fs.sock,moatshare");
+        assert_eq!(after("--console"), "/tmp/c");
+        assert!(after("--cmdline").ends_with(" moat.share=moatfs"));
+        assert_eq!(after("--mem"), "256");
     }
 
     #[test]
