@@ -135,24 +135,12 @@ impl VsockVm {
         cmdline_extra: Vec<String>,
         fs: Option<(PathBuf, String)>,
     ) -> Result<Self, BootError> {
-        Self::start_with_fs_sized(paths, workdir, cmdline_extra, fs, 1, 256)
-    }
-
-    /// As [`Self::start_with_fs`], with the VM's vCPUs and memory.
-    pub fn start_with_fs_sized(
-        paths: &GuestPaths,
-        workdir: &Path,
-        cmdline_extra: Vec<String>,
-        fs: Option<(PathBuf, String)>,
-        vcpus: u32,
-        memory_mib: u32,
-    ) -> Result<Self, BootError> {
         let accel = Accel::for_host(host::detect_kvm());
-        Self::start_accel(paths, workdir, cmdline_extra, fs, vcpus, memory_mib, accel)
+        Self::start_accel(paths, workdir, cmdline_extra, fs, 1, 256, accel)
     }
 
-    /// As [`Self::start_with_fs_sized`], with QEMU's accelerator chosen by the caller
-    /// (`config::Backend::choose`).
+    /// As [`Self::start_with_fs`], with the VM's vCPUs and memory, and QEMU's accelerator
+    /// chosen by the caller (`config::Backend::choose`).
     pub fn start_accel(
         paths: &GuestPaths,
         workdir: &Path,

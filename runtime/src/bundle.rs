@@ -38,39 +38,9 @@ pub fn check_spec(spec: &Spec) -> Result<(), SpecCheckError> {
     Ok(())
 }
 
-/// The guest's vCPUs and memory (MiB) for a spec with the built-in VM defaults (the memory
-/// limit plus 128 MiB, else 256; the CPU quota rounded up or the cpuset count, else 1): see
-/// [`crate::config::vm_size`], which the config file's `[vm]` section can change.
-pub fn vm_size(spec: &Spec) -> (u32, u32) {
-    let host = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    let s = crate::config::vm_size(&crate::config::VmDefaults::default(), spec, host);
-    (s.vcpus, s.memory_mib)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vm_size_follows_the_spec() {
-        let mut s = Spec::default();
-        assert_eq!(vm_size(&s), (1, 256));
-        let mut linux = s.linux().clone().unwrap();
-        let mem = oci_spec::runtime::LinuxMemoryBuilder::default()
-            .limit(512i64 << 20)
-            .build()
-            .unwrap();
-        linux.set_resources(Some(
-            oci_spec::runtime::LinuxResourcesBuilder::default()
-                .memory(mem)
-                .build()
-                .unwrap(),
-        ));
-        s.set_linux(Some(linux));
-        assert_eq!(vm_size(&s).1, 640);
-    }
 
     #[test]
     fn the_default_spec_passes_and_a_bad_one_names_its_field() {

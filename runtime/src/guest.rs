@@ -37,6 +37,34 @@ pub struct GuestConfig {
     pub fs: Option<(PathBuf, String)>,
 }
 
+/// The VM a sandbox (the CLI's sandbox process, or the shim's pod) gets.
+#[derive(Debug, Clone)]
+pub struct SandboxVm {
+    /// Kernel, initramfs, QEMU, moat-vmm.
+    pub paths: GuestPaths,
+    /// Which VMM, from `config::Backend::choose`.
+    pub vmm: Vmm,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+}
+
+impl SandboxVm {
+    /// The guest: the agent mounts virtiofsd's share (`fs_socket`) at `/run/moat/share`
+    /// under the tag `share_tag`.
+    pub fn guest(&self, fs_socket: &Path, share_tag: &str) -> GuestConfig {
+        GuestConfig {
+            paths: self.paths.clone(),
+            vmm: self.vmm,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            cmdline_extra: vec![format!("moat.share={share_tag}")],
+            fs: Some((fs_socket.to_path_buf(), share_tag.to_string())),
+        }
+    }
+}
+
 /// A running guest.
 #[derive(Debug)]
 pub struct GuestVm(Inner);

@@ -21,6 +21,7 @@ pub mod container;
 mod frame;
 mod messages;
 pub mod spec;
+pub mod stream;
 
 pub use container::*;
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};

@@ -357,20 +357,6 @@ fn listen_and_pump_tty(
     Ok(port)
 }
 
-/// Copies until end of stream or an error (EIO from a pty master whose slave closed is the
-/// normal end of a terminal session).
 fn copy(from: &mut impl Read, to: &mut impl Write) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
+    moat_protocol::stream::pump(from, to);
 }

@@ -120,10 +120,12 @@ fn create_with(
         id: id.to_string(),
         bundle: p.bundle,
         spec: p.spec,
-        paths,
-        vmm,
-        vcpus,
-        memory_mib,
+        vm: crate::guest::SandboxVm {
+            paths,
+            vmm,
+            vcpus,
+            memory_mib,
+        },
         console_socket,
         no_pivot,
     };

@@ -25,9 +25,7 @@ use std::time::Duration;
 
 use moat_protocol::{CreateContainer, ProcessRef, Request, Response, Spec, StdioRequest};
 
-use crate::config::Vmm;
-use crate::guest::{GuestConfig, GuestVm};
-use crate::paths::GuestPaths;
+use crate::guest::{GuestVm, SandboxVm};
 use crate::state::{ContainerState, Status, Store};
 use crate::virtiofsd::Virtiofsd;
 use crate::vsock::AgentClient;
@@ -49,14 +47,8 @@ pub struct SandboxConfig {
     pub bundle: PathBuf,
     /// The parsed `config.json`.
     pub spec: Spec,
-    /// Guest kernel, initramfs, QEMU.
-    pub paths: GuestPaths,
-    /// The VMM that runs the guest.
-    pub vmm: Vmm,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Guest memory.
-    pub memory_mib: u32,
+    /// The VM: guest files, VMM, size.
+    pub vm: SandboxVm,
     /// `--console-socket`, for `process.terminal`.
     pub console_socket: Option<PathBuf>,
     /// `--no-pivot`.
@@ -122,15 +114,7 @@ fn setup(cfg: &SandboxConfig) -> Result<(Running, u32), SandboxError> {
         share::prepare(&share_dir, &cfg.id, &cfg.bundle, &cfg.spec).map_err(err)?;
     let fs = Virtiofsd::start(&share_dir, &dir.join("fs.sock"), &dir.join("virtiofsd.log"))
         .map_err(err)?;
-    let guest = GuestConfig {
-        paths: cfg.paths.clone(),
-        vmm: cfg.vmm,
-        vcpus: cfg.vcpus,
-        memory_mib: cfg.memory_mib,
-        cmdline_extra: vec![format!("moat.share={SHARE_TAG}")],
-        fs: Some((fs.socket().to_path_buf(), SHARE_TAG.into())),
-    };
-    let mut vm = GuestVm::start(&guest, &dir).map_err(err)?;
+    let mut vm = GuestVm::start(&cfg.vm.guest(fs.socket(), SHARE_TAG), &dir).map_err(err)?;
     let (mut agent, _) = vm.wait_for_agent(BOOT_TIMEOUT).map_err(err)?;
     let state = ContainerState {
         oci_version: cfg.spec.version().clone(),

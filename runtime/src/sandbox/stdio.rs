@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,20 +69,7 @@ fn spawn_copy(
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        let _ = to.flush();
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
-            }
+            moat_protocol::stream::pump(&mut from, &mut to);
             on_eof();
         })
         .expect("spawning a stdio pump thread")
@@ -240,14 +227,4 @@ fn send_console(path: &Path, master: &OwnedFd) -> Result<(), StdioError> {
         StdioError::Console(format!("sending the pty master to {}: {e}", path.display()))
     })?;
     Ok(())
-}
-
-/// Wraps a raw fd number as a `File` without taking ownership semantics the caller relies
-/// on (used only for fds the process owns outright).
-///
-/// # Safety
-/// `fd` must be open and owned by the caller, who gives up ownership.
-pub unsafe fn file_from_raw(fd: RawFd) -> File {
-    // SAFETY: the caller guarantees `fd` is open and hands over ownership.
-    unsafe { File::from_raw_fd(fd) }
 }

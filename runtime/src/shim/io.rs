@@ -114,19 +114,7 @@ fn copy_out(
     std::thread::Builder::new()
         .name(format!("io-{name}"))
         .spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
+            moat_protocol::stream::pump(&mut from, &mut to);
         })
         .map_err(|e| IoError::Setup(name, e))
 }

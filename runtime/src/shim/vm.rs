@@ -15,9 +15,7 @@ use moat_protocol::{Request, Response, CONTROL_PORT};
 use nix::mount::{mount, MsFlags};
 
 use crate::boot::BootError;
-use crate::config::Vmm;
-use crate::guest::{GuestConfig, GuestVm};
-use crate::paths::GuestPaths;
+use crate::guest::GuestVm;
 use crate::sandbox::SHARE_TAG;
 use crate::virtiofsd::{Virtiofsd, VirtiofsdError};
 use crate::vsock::{AgentClient, AgentError};
@@ -54,18 +52,8 @@ pub enum VmError {
     Gone,
 }
 
-/// What size of VM to boot, and from what.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// Kernel, initramfs, QEMU.
-    pub paths: GuestPaths,
-    /// The VMM that runs the guest.
-    pub vmm: Vmm,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-}
+/// What VM to boot: guest files, VMM, size.
+pub type VmConfig = crate::guest::SandboxVm;
 
 /// A running pod VM.
 #[derive(Debug)]
@@ -255,15 +243,7 @@ fn vm_thread(
             return;
         }
     };
-    let guest = GuestConfig {
-        paths: cfg.paths.clone(),
-        vmm: cfg.vmm,
-        vcpus: cfg.vcpus,
-        memory_mib: cfg.memory_mib,
-        cmdline_extra: vec![format!("moat.share={SHARE_TAG}")],
-        fs: Some((fs.socket().to_path_buf(), SHARE_TAG.into())),
-    };
-    let vm = GuestVm::start(&guest, dir);
+    let vm = GuestVm::start(&cfg.guest(fs.socket(), SHARE_TAG), dir);
     let mut vm = match vm {
         Ok(vm) => vm,
         Err(e) => {
