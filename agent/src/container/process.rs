@@ -233,7 +233,13 @@ fn supervise(
         .map_err(|e| LaunchError::Agent(e.to_string()))?;
     let mut pid = None;
     let mut pty = None;
+    // The intermediate sends Pid after its fork returns, the container process sends Ready
+    // once set up: two processes on one channel, so either may come first.
+    let mut ready = false;
     loop {
+        if let (true, Some(pid)) = (ready, pid) {
+            return Ok((pid, pty));
+        }
         let msg = chan.recv().map_err(|e| match e {
             super::sync::SyncError::Closed => LaunchError::Setup(
                 "the container process exited during setup without saying why".into(),
@@ -249,10 +255,7 @@ fn supervise(
             }
             Msg::Pid(p) => pid = Some(p),
             Msg::Pty => pty = chan.take_fd(),
-            Msg::Ready => {
-                let pid = pid.ok_or_else(|| LaunchError::Agent("Ready before Pid".into()))?;
-                return Ok((pid, pty));
-            }
+            Msg::Ready => ready = true,
             Msg::Error(e) => {
                 if let Some(p) = pid {
                     let _ = nix::sys::signal::kill(
@@ -572,6 +575,40 @@ mod tests {
                 LinuxNamespaceType::Mount
             ]
         );
+    }
+
+    /// The intermediate's Pid and the container process's Ready race on one channel.
+    #[test]
+    fn setup_completes_whichever_of_pid_and_ready_comes_first() {
+        for ready_first in [true, false] {
+            let process = Process::default();
+            let join = |_: u32| Ok(());
+            let l = Launch {
+                process: &process,
+                namespaces: Namespaces::from_spec(&Spec::default()),
+                id_maps: None,
+                init: None,
+                seccomp: (&[], 0),
+                stdio: [0, 1, 2],
+                terminal: None,
+                join_cgroup: &join,
+            };
+            let (mut agent, mut child) = SyncChannel::pair().unwrap();
+            let peer = std::thread::spawn(move || {
+                child.expect(&Msg::Go).unwrap();
+                let (a, b) = (Msg::Ready, Msg::Pid(77));
+                let (first, second) = if ready_first { (a, b) } else { (b, a) };
+                child.send(&first).unwrap();
+                child.send(&second).unwrap();
+                child
+            });
+            let r = supervise(&l, &mut agent, Pid::from_raw(1));
+            assert!(
+                matches!(r, Ok((77, None))),
+                "ready first: {ready_first}: {r:?}"
+            );
+            drop(peer.join().unwrap());
+        }
     }
 
     #[test]
