@@ -104,11 +104,13 @@ impl GuestVm {
                     ))
                 })?;
                 let console_log = workdir.join("console.log");
+                // Containers get the built-in VMM only on hardware KVM (backend.rs): the
+                // default kernel. The pvm variant is for booting to init on PVM-only hosts.
+                let variant = KernelVariant::for_host(crate::host::detect_kvm());
                 let bcfg = BuiltinVmConfig {
-                    kernel: cfg.paths.kernel.clone(),
+                    kernel: variant.kernel_path(&cfg.paths.kernel),
                     initramfs: cfg.paths.initramfs.clone(),
-                    // Only hardware KVM gets the built-in VMM for containers (backend.rs).
-                    variant: KernelVariant::Default,
+                    variant,
                     vcpus,
                     memory_mib: cfg.memory_mib,
                     console_log: console_log.clone(),

@@ -420,6 +420,60 @@ fn builtin_vmm_process_starts_reports_and_stops() {
     println!("moat-vmm as a process: ready (built, vsock listening) {ready:?} after spawn");
 }
 
+/// The runtime's path to a sandbox guest on the built-in VMM (`GuestVm`, as the sandbox
+/// process and the shim start it): moat-vmm with the sandbox's vsock socket and virtio-fs
+/// share boots the guest, its devices are taken up by the guest's drivers, and it ends when
+/// the guest powers off (hardware KVM) or when stopped (PVM: init cannot run).
+#[test]
+#[ignore = "VM tier: needs /dev/kvm, virtiofsd, moat-vmm and the built guest; run by scripts/test.sh"]
+fn the_runtime_boots_a_sandbox_guest_on_moat_vmm() {
+    use moat::guest::{GuestVm, SandboxVm};
+    let kvm = kvm_or_fail();
+    let dir = TempDir::new("builtin-guestvm").unwrap();
+    let share = dir.0.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let fs = Virtiofsd::start(&share, &dir.0.join("fs.sock"), &dir.0.join("virtiofsd.log"))
+        .expect("virtiofsd starts");
+    let mut paths = moat_tests::guest_paths();
+    paths.moat_vmm = vmm_bin();
+    let sandbox = SandboxVm {
+        paths,
+        vmm: moat::config::Vmm::Builtin,
+        vcpus: 1,
+        memory_mib: 256,
+    };
+    let mut guest = sandbox.guest(fs.socket(), "moatshare");
+    // Undo `quiet` so that the kernel prints `Run /init` (PVM: init then dies at once).
+    guest.cmdline_extra.push("loglevel=7".into());
+    let mut vm = GuestVm::start(&guest, &dir.0).unwrap();
+    let t = Instant::now();
+    let reached = if kvm == KvmKind::Hardware {
+        let (mut agent, _) = vm.wait_for_agent(Duration::from_secs(60)).unwrap();
+        vm.shutdown(&mut agent, Duration::from_secs(30)).unwrap();
+        "the agent answered and the guest powered off"
+    } else {
+        vm.wait_for_console(RUN_INIT, BOOT_TIMEOUT).unwrap();
+        vm.kill();
+        RUN_INIT
+    };
+    assert!(vm.wait_exit(Duration::ZERO));
+    let report = std::fs::read_to_string(dir.0.join("vmm.log")).unwrap();
+    let console = std::fs::read_to_string(dir.0.join("console.log")).unwrap();
+    assert!(report.contains(" moat.share=moatshare"), "{report}");
+    for kind in ["virtio-vsock", "virtio-fs"] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with("device: ") && l.contains(kind))
+            .unwrap_or_else(|| panic!("no report for {kind}\n{report}"));
+        assert!(line.ends_with("active true"), "{kind}: {line}\n{console}");
+    }
+    println!(
+        "GuestVm on moat-vmm ({}): {reached} after {:.1} s",
+        kvm.describe(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// `moat boot`'s path with the backend `auto` picks on hardware KVM: the agent answers over
 /// the built-in VMM's inline vsock device and the guest's power-off ends the VMM cleanly.
 #[test]
