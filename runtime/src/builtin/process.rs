@@ -64,7 +64,7 @@ impl VmmProcess {
             status: None,
         };
         // moat-vmm prints its command line once the VM is built: its vsock socket listens.
-        while !p.stderr_text().contains("cmdline: ") {
+        while !p.built() {
             if let Some(status) = p.try_wait() {
                 return Err(BuiltinError::Build(format!(
                     "moat-vmm exited ({status}): {}",
@@ -156,6 +156,16 @@ impl VmmProcess {
     pub fn stderr_tail(&self) -> String {
         let t = self.stderr_text();
         t.trim_end().to_string()
+    }
+
+    /// Whether the `cmdline:` line is there (near the start of stderr).
+    fn built(&self) -> bool {
+        use std::io::Read;
+        let mut head = Vec::new();
+        if let Ok(f) = File::open(&self.stderr_log) {
+            let _ = f.take(64 * 1024).read_to_end(&mut head);
+        }
+        String::from_utf8_lossy(&head).contains("cmdline: ")
     }
 
     fn stderr_text(&self) -> String {
