@@ -120,6 +120,36 @@ pub struct ContainerState {
     pub owner: u32,
 }
 
+impl ContainerState {
+    /// The state of container `id` from the bundle's spec, created now, owned by uid 0, with
+    /// no guest process yet; callers set what they know besides.
+    pub fn new(
+        id: &str,
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+        status: Status,
+        pid: u32,
+    ) -> Self {
+        Self {
+            oci_version: spec.version().clone(),
+            id: id.to_string(),
+            status,
+            pid,
+            bundle: bundle.to_path_buf(),
+            annotations: spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            created: now_rfc3339(),
+            guest_pid: 0,
+            exit_status: None,
+            owner: 0,
+        }
+    }
+}
+
 /// Checks a container id: it becomes a directory name.
 pub fn validate_id(id: &str) -> Result<(), StateError> {
     let ok = !id.is_empty()

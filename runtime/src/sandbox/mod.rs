@@ -117,22 +117,14 @@ fn setup(cfg: &SandboxConfig) -> Result<(Running, u32), SandboxError> {
     let mut vm = GuestVm::start(&cfg.vm.guest(fs.socket(), SHARE_TAG), &dir).map_err(err)?;
     let (mut agent, _) = vm.wait_for_agent(BOOT_TIMEOUT).map_err(err)?;
     let state = ContainerState {
-        oci_version: cfg.spec.version().clone(),
-        id: cfg.id.clone(),
-        status: Status::Creating,
-        pid: std::process::id(),
-        bundle: cfg.bundle.clone(),
-        annotations: cfg
-            .spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        created: crate::state::now_rfc3339(),
-        guest_pid: 0,
-        exit_status: None,
         owner: nix::unistd::getuid().as_raw(),
+        ..ContainerState::new(
+            &cfg.id,
+            &cfg.bundle,
+            &cfg.spec,
+            Status::Creating,
+            std::process::id(),
+        )
     };
     cfg.store.save(&state).map_err(err)?;
     crate::hooks::run_host(&cfg.spec, "createRuntime", &state, &cfg.bundle).map_err(err)?;

@@ -279,22 +279,9 @@ impl Inner {
         status: crate::state::Status,
     ) -> crate::state::ContainerState {
         crate::state::ContainerState {
-            oci_version: c.spec.version().clone(),
-            id: id.into(),
-            status,
-            pid: self.pid,
-            bundle: PathBuf::from(&c.bundle),
-            annotations: c
-                .spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            created: crate::state::now_rfc3339(),
             guest_pid: c.init.guest_pid(),
             exit_status: c.init.exit_status().map(|(s, _)| s as i32),
-            owner: 0,
+            ..crate::state::ContainerState::new(id, Path::new(&c.bundle), &c.spec, status, self.pid)
         }
     }
 
