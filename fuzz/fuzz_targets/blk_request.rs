@@ -11,6 +11,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
+use moat_fuzz::Input;
 use moat_vmm::devices::virtio::block::Block;
 use moat_vmm::devices::virtio::test_utils::CountingInterrupt;
 use moat_vmm::devices::virtio::vsock::test_utils::TestQueue;
@@ -18,27 +19,6 @@ use moat_vmm::devices::virtio::{ActivateContext, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const SECTORS: u64 = 32;
-
-/// A cursor over the fuzz input.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes(1).first().copied().unwrap_or(0)
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | (u16::from(self.u8()) << 8)
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | (u32::from(self.u16()) << 16)
-    }
-}
 
 fn disk() -> File {
     // SAFETY: a valid NUL-terminated name and flags.

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
+use moat_fuzz::Input;
 use moat_vmm::devices::virtio::vsock::test_utils::TestQueue;
 use moat_vmm::devices::virtio::vsock::{
     Header, MuxerConfig, VsockBackend, VsockDevice, VsockMetrics, VsockMuxer, HOST_CID,
@@ -49,27 +50,6 @@ fn world() -> World {
         dev: VsockDevice::new(CID, muxer, metrics),
         peer,
         _dir: dir,
-    }
-}
-
-/// A cursor over the fuzz input.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes(1).first().copied().unwrap_or(0)
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from(self.u8()) | (u16::from(self.u8()) << 8)
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | (u32::from(self.u16()) << 16)
     }
 }
 
