@@ -35,6 +35,26 @@ impl std::fmt::Display for RunOutput {
     }
 }
 
+/// Runs a command with its stdio discarded; how long it took. It must succeed (its stderr
+/// is in the failure message).
+pub fn timed(mut cmd: Command) -> Duration {
+    let start = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let took = start.elapsed();
+    assert_eq!(
+        code_of(out.status),
+        0,
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
 /// The exit code of a status, 128+n for a signal.
 pub fn code_of(s: ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;

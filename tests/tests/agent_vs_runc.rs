@@ -2,33 +2,14 @@
 //! the agent's container code on this host (`moat-agent run`) against `runc run` of the
 //! same bundle, alternating, in one run. The target is a ratio of at most 1.2.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moat::boot::median;
 use moat_tests::bundle::Bundle;
-use moat_tests::host::{agent_command, code_of, runc_command, unique_id};
+use moat_tests::host::{agent_command, runc_command, timed, unique_id};
 
 const RUNS: usize = 20;
 const WARMUP: usize = 2;
-
-fn time(mut cmd: Command) -> Duration {
-    let start = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let took = start.elapsed();
-    assert_eq!(
-        code_of(out.status),
-        0,
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
@@ -42,8 +23,8 @@ fn busybox_true_agent_vs_runc() {
     b.write().expect("writing config.json");
     let (mut agent, mut runc) = (Vec::new(), Vec::new());
     for i in 0..WARMUP + RUNS {
-        let a = time(agent_command(&b, &unique_id("bench-agent")));
-        let r = time(runc_command(&b, &unique_id("bench-runc")));
+        let a = timed(agent_command(&b, &unique_id("bench-agent")));
+        let r = timed(runc_command(&b, &unique_id("bench-runc")));
         if i >= WARMUP {
             agent.push(a);
             runc.push(r);

@@ -1,9 +1,10 @@
 //! Repetition and concurrency with nothing left behind, and the benchmark.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use moat_tests::cli::{arg, busybox_bundle, fd_count, moat_bin, settled_fd_count, Moat};
+use moat_tests::host::timed;
 
 #[test]
 #[ignore = "VM tier: needs QEMU, virtiofsd and the built guest; run by scripts/test.sh"]
@@ -82,24 +83,6 @@ fn four_sandboxes_at_once() {
 fn median_ms(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[(v.len() - 1) / 2].as_secs_f64() * 1000.0
-}
-
-/// Runs a command with its stdio discarded; how long it took. It must succeed.
-fn timed(mut cmd: Command) -> Duration {
-    let start = Instant::now();
-    let st = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let took = start.elapsed();
-    assert!(
-        st.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    took
 }
 
 #[test]

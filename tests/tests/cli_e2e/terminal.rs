@@ -19,13 +19,10 @@ fn terminal_bundle(tag: &str, script: &str) -> Bundle {
 
 const IS_A_TTY: &str = "test -t 0 && test -t 1 && test -t 2 && echo is-a-tty";
 
-#[test]
-#[ignore = "VM tier: needs QEMU, virtiofsd and the built guest; run by scripts/test.sh"]
-fn console_socket_for_run_and_exec() {
-    let m = Moat::new("tty");
-    let script = format!("{IS_A_TTY}; read x; echo \"got $x\"; sleep 1000");
-    let b = terminal_bundle("tty", &script);
-    let cs = ConsoleSocket::bind(m.work().join("cs.sock"));
+/// `moat run -d --console-socket` for bundle `b` as container `id`; the pty master the
+/// console socket received.
+fn run_detached_on_console(m: &Moat, b: &Bundle, id: &str) -> std::fs::File {
+    let cs = ConsoleSocket::bind(m.work().join(format!("{id}-cs.sock")));
     let o = m.run_logged(
         &[
             "run",
@@ -34,12 +31,21 @@ fn console_socket_for_run_and_exec() {
             arg(cs.path()),
             "--bundle",
             arg(b.path()),
-            "t1",
+            id,
         ],
-        "t1",
+        id,
     );
     assert_eq!(o.code, 0, "{o}");
-    let mut master = cs.master();
+    cs.master()
+}
+
+#[test]
+#[ignore = "VM tier: needs QEMU, virtiofsd and the built guest; run by scripts/test.sh"]
+fn console_socket_for_run_and_exec() {
+    let m = Moat::new("tty");
+    let script = format!("{IS_A_TTY}; read x; echo \"got $x\"; sleep 1000");
+    let b = terminal_bundle("tty", &script);
+    let mut master = run_detached_on_console(&m, &b, "t1");
     read_until(&mut master, "is-a-tty", Duration::from_secs(60));
     master.write_all(b"hi\n").unwrap();
     read_until(&mut master, "got hi", Duration::from_secs(60));
@@ -82,21 +88,7 @@ fn terminal_is_named_in_the_container() {
         "ttyname",
         "tty; test -c /dev/console && echo console-ok; sleep 1000",
     );
-    let cs = ConsoleSocket::bind(m.work().join("cs.sock"));
-    let o = m.run_logged(
-        &[
-            "run",
-            "-d",
-            "--console-socket",
-            arg(cs.path()),
-            "--bundle",
-            arg(b.path()),
-            "n1",
-        ],
-        "n1",
-    );
-    assert_eq!(o.code, 0, "{o}");
-    let mut master = cs.master();
+    let mut master = run_detached_on_console(&m, &b, "n1");
     let seen = read_until(&mut master, "\n", Duration::from_secs(60));
     assert!(
         seen.trim_start_matches('\0').starts_with("/dev/pts/"),
