@@ -32,9 +32,16 @@ use crate::qemu::BASE_CMDLINE;
 /// Starting or running the built-in VMM failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuiltinError {
-    /// The console log could not be created.
-    #[error("creating the console log {0}")]
-    Console(PathBuf, #[source] std::io::Error),
+    /// A log file (the console's, or moat-vmm's stderr) could not be created.
+    #[error("creating {what} {path}")]
+    Log {
+        /// Which log.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The VM could not be built (the message carries the whole error chain).
     #[error("building the VM: {0}")]
     Build(String),
@@ -123,8 +130,12 @@ impl BuiltinVmConfig {
     }
 
     fn vm_config(&self) -> Result<VmConfig, BuiltinError> {
-        let console = std::fs::File::create(&self.console_log)
-            .map_err(|e| BuiltinError::Console(self.console_log.clone(), e))?;
+        let console =
+            std::fs::File::create(&self.console_log).map_err(|source| BuiltinError::Log {
+                what: "the console log",
+                path: self.console_log.clone(),
+                source,
+            })?;
         Ok(VmConfig {
             vcpus: self.vcpus,
             mem_mib: self.memory_mib,

@@ -43,8 +43,11 @@ impl VmmProcess {
                 )));
             }
         }
-        let stderr = File::create(stderr_log)
-            .map_err(|e| BuiltinError::Console(stderr_log.to_path_buf(), e))?;
+        let stderr = File::create(stderr_log).map_err(|source| BuiltinError::Log {
+            what: "moat-vmm's log",
+            path: stderr_log.to_path_buf(),
+            source,
+        })?;
         let mut cmd = Command::new(bin);
         cmd.args(cfg.args())
             .stdin(Stdio::null())
